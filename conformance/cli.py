@@ -1,0 +1,59 @@
+"""The ``kvspec`` command line.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their command runs, so that
+``kvspec --help`` stays fast and heavy dependencies (torch, z3) load on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "spec": ("conformance.spec_cmd", "print the spec's invariants and profiles"),
+    "check": ("conformance.check_cmd", "drive a target allocator against the spec"),
+    "mutants": ("conformance.mutants_cmd", "run the suite against the mutant zoo (kill matrix)"),
+    "replay": ("conformance.replay_cmd", "replay a kvspec-trace file against a target"),
+    "prove": ("conformance.prove_cmd", "bounded model checking and induction proofs with z3"),
+    "bench": ("benchmarks.cli", "benchmarks: free queue, block pool, block store, upstream"),
+    "estimate": ("conformance.estimate_cmd", "KV memory with and without prefix caching"),
+}
+
+
+def _load(name: str):
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvspec",
+        description=(
+            "An executable formal model of a PagedAttention KV-cache block pool, and a "
+            "conformance suite that checks allocators against it."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen command's module is imported to build its arguments.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(only=chosen or "__none__")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(_load(args.command).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
