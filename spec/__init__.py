@@ -1,0 +1,27 @@
+"""kvspec's executable specification of the vLLM v1 KV-cache block pool.
+
+Read in this order: :mod:`spec.profiles` (the named upstream behaviours),
+:mod:`spec.pool` (state and one function per operation, guard then effect),
+:mod:`spec.invariants` (named invariants over observable snapshots).
+"""
+
+from spec.errors import Refused
+from spec.invariants import INVARIANTS, PoolSnapshot, check_all, snapshot
+from spec.pool import NULL_BLOCK, PoolState, init_pool
+from spec.profiles import CLASSIC, CURRENT, PROFILES, Profile, get_profile
+
+__all__ = [
+    "CLASSIC",
+    "CURRENT",
+    "INVARIANTS",
+    "NULL_BLOCK",
+    "PROFILES",
+    "PoolSnapshot",
+    "PoolState",
+    "Profile",
+    "Refused",
+    "check_all",
+    "get_profile",
+    "init_pool",
+    "snapshot",
+]
