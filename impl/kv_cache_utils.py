@@ -24,13 +24,13 @@ import hashlib
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NewType
+from typing import TYPE_CHECKING, Any
+
+from impl.block import BlockHash
+from impl.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from impl.request import Request
-
-BlockHash = NewType("BlockHash", bytes)
-"""The chained content hash of one full block (no group id; see ``impl.block``)."""
 
 HashFn = Callable[[Any], bytes]
 """A deterministic hash of a picklable object to bytes."""
@@ -61,7 +61,8 @@ def get_hash_fn_by_name(name: str) -> HashFn:
     """The hash function called ``name`` (only ``"sha256"`` is built in)."""
     if name == "sha256":
         return sha256
-    raise ValueError(f"get_hash_fn_by_name: unknown hash function {name!r}; expected 'sha256'")
+    raise InvalidArgumentError(
+        f"get_hash_fn_by_name: unknown hash function {name!r}; expected 'sha256'")
 
 
 def none_hash_seed() -> str:
@@ -107,7 +108,8 @@ def hash_block_tokens(
 
 def _check_profile(operation: str, profile: str) -> None:
     if profile not in PROFILES:
-        raise ValueError(f"{operation}: unknown profile {profile!r}; expected one of {PROFILES}")
+        raise InvalidArgumentError(
+            f"{operation}: unknown profile {profile!r}; expected one of {PROFILES}")
 
 
 def generate_block_hash_extra_keys(
@@ -159,7 +161,8 @@ def get_request_block_hasher(
     adopt a block that is still being written.
     """
     if block_size <= 0:
-        raise ValueError(f"get_request_block_hasher: block_size must be positive, got {block_size}")
+        raise InvalidArgumentError(
+            f"get_request_block_hasher: block_size must be positive, got {block_size}")
     _check_profile("get_request_block_hasher", profile)
 
     def request_block_hasher(request: Request) -> list[BlockHash]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from impl.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True, slots=True)
 class MultiModalFeature:
@@ -27,7 +29,7 @@ class MultiModalFeature:
 
     def __post_init__(self) -> None:
         if self.offset < 0 or self.length <= 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"MultiModalFeature {self.identifier!r}: expected offset >= 0 and length > 0, "
                 f"got offset={self.offset}, length={self.length}"
             )
@@ -67,7 +69,7 @@ class Request:
         self.mm_features: tuple[MultiModalFeature, ...] = tuple(mm_features)
         for prev, nxt in zip(self.mm_features, self.mm_features[1:], strict=False):
             if nxt.offset < prev.offset + prev.length:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Request {request_id!r}: mm_features must be sorted and disjoint; "
                     f"{nxt.identifier!r} at {nxt.offset} overlaps {prev.identifier!r} "
                     f"ending at {prev.offset + prev.length}"
