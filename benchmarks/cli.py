@@ -1,0 +1,110 @@
+"""``kvspec bench [NAME] [ARGS...]``: run one benchmark, or the default set (queue, pool).
+
+``queue`` and ``pool`` are pure Python and run anywhere. ``store`` (the K/V block store) and
+``upstream`` (upstream vLLM's own pool) need extra dependencies, so their modules are imported
+only when named, and every argument after their name is passed to their ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from benchmarks._harness import format_machine_info
+
+# name -> module with main(argv) -> int, for benchmarks that own their arguments.
+EXTERNAL = {
+    "store": "benchmarks.block_store",
+    "upstream": "benchmarks.upstream",
+}
+BUILTIN = ("queue", "pool")
+DEFAULT = BUILTIN
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "name",
+        nargs="?",
+        choices=[*BUILTIN, *EXTERNAL],
+        help="which benchmark; default: queue then pool",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run (seconds) to check that everything works; numbers are not meaningful",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=None,
+        help="queue: comma-separated pool sizes in blocks (default 1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per cell; the median is reported"
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="queue: seconds one timed run should last (sets the operation count per cell)",
+    )
+    parser.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="for store and upstream: arguments passed on to that benchmark",
+    )
+
+
+def _queue(args: argparse.Namespace) -> None:
+    from benchmarks import free_queue
+
+    sizes = args.sizes or ((64, 256) if args.quick else free_queue.DEFAULT_SIZES)
+    repeats = args.repeats or (3 if args.quick else 5)
+    min_time = args.min_time or (0.002 if args.quick else 0.05)
+    print(
+        f"== queue: free-queue designs, {repeats} runs per cell, median; each run on a fresh "
+        f"full queue, lasting >= {min_time:g} s; garbage collector on"
+    )
+    results = free_queue.run_queue_bench(sizes, repeats=repeats, min_time_s=min_time)
+    print(free_queue.format_results(results))
+    print()
+    print(free_queue.format_summary(results))
+
+
+def _pool(args: argparse.Namespace) -> None:
+    from benchmarks import pool_trace
+
+    shape = pool_trace.QUICK_SHAPE if args.quick else pool_trace.TraceShape()
+    repeats = args.repeats or (3 if args.quick else 5)
+    print(f"== pool: BlockPool on a recorded trace, {repeats} runs per profile, median")
+    print(pool_trace.format_results(pool_trace.run_pool_bench(shape, repeats=repeats)))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name in EXTERNAL:
+        try:
+            module = importlib.import_module(EXTERNAL[args.name])
+        except ModuleNotFoundError as exc:
+            if exc.name != EXTERNAL[args.name]:
+                raise  # the benchmark exists but one of its own dependencies is missing
+            print(
+                f"kvspec bench {args.name}: module {EXTERNAL[args.name]} is not installed in "
+                "this checkout",
+                file=sys.stderr,
+            )
+            return 2
+        return int(module.main(list(args.rest)) or 0)
+    if args.rest:
+        print(f"kvspec bench: unexpected arguments {args.rest}", file=sys.stderr)
+        return 2
+    names = (args.name,) if args.name else DEFAULT
+    print(format_machine_info())
+    for name in names:
+        start = time.perf_counter()
+        print()
+        {"queue": _queue, "pool": _pool}[name](args)
+        print(f"({name}: {time.perf_counter() - start:.1f} s)")
+        sys.stdout.flush()
+    return 0
