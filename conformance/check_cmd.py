@@ -1,0 +1,86 @@
+"""``kvspec check``: drive a target allocator against the spec and report.
+
+On success it prints a summary (examples, steps, steps/s, per-rule and per-invariant
+counts). On failure it prints the shrunk sequence with the spec's and the target's
+observations side by side, and writes a ``kvspec-trace`` file and a pytest function.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from conformance.runner import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES, CheckResult
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", default="impl",
+        help="impl (default), vllm, or module.path:factory building a PoolTarget",
+    )
+    parser.add_argument("--level", choices=["pool"], default="pool", help="which machine to run")
+    parser.add_argument("--profile", choices=["current", "classic"], default="current")
+    parser.add_argument(
+        "--mode", choices=["strict", "abstract"], default="strict",
+        help="strict: same ids and queue order as the spec; abstract: any allowed choice",
+    )
+    parser.add_argument(
+        "--settings", choices=list(SETTINGS_PROFILES), default=None,
+        help=f"Hypothesis effort (default: ${SETTINGS_ENV} or dev)",
+    )
+    parser.add_argument("--max-examples", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="steps per example")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="example database folder")
+    parser.add_argument("--no-db", action="store_true", help="do not read or write the database")
+    parser.add_argument(
+        "--no-bad-input", action="store_true", help="do not send operations the spec refuses"
+    )
+    parser.add_argument("--out", type=Path, default=Path(".kvspec") / "traces",
+                        help="where failure traces and pytest functions are written")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def print_summary(result: CheckResult) -> None:
+    s = result.stats
+    rate = s.steps / result.seconds if result.seconds else 0.0
+    print(
+        f"{result.level} level, target {result.target}, profile {result.profile}, "
+        f"mode {result.mode}: {s.examples} examples, {s.steps} steps, "
+        f"{rate:,.0f} steps/s, {result.seconds:.1f}s"
+    )
+    if result.unsupported:
+        print(f"  not supported by target, rules switched off: {sorted(result.unsupported)}")
+    print("  rules:      " + ", ".join(f"{k} {v}" for k, v in sorted(s.rules.items())))
+    print("  invariants: " + ", ".join(f"{k} {v}" for k, v in s.invariant_checks.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    from conformance.report import format_failure, write_failure
+    from conformance.runner import run_check
+    from conformance.targets import load_factory
+
+    factory = load_factory(args.target)
+    result = run_check(
+        factory,
+        target_name=args.target,
+        level=args.level,
+        profile=args.profile,
+        mode=args.mode,
+        settings_name=args.settings,
+        max_examples=args.max_examples,
+        steps=args.steps,
+        seed=args.seed,
+        database=None if args.no_db else args.db,
+        progress=not args.quiet,
+        bad_input=not args.no_bad_input,
+    )
+    print_summary(result)
+    if result.failure is None:
+        print("PASS: no divergence from the spec")
+        return 0
+    print("\nFAIL\n" + format_failure(result.failure))
+    trace_path, test_path = write_failure(result.failure, args.target, args.out)
+    print(f"\ntrace:  {trace_path}   (kvspec replay {trace_path} --target {args.target})")
+    print(f"pytest: {test_path}")
+    return 1
