@@ -40,12 +40,14 @@ class Measurement:
         return self.ops / median if median > 0 else float("inf")
 
 
-def time_once(run: Run) -> float:
-    """Seconds one call of ``run`` takes, via timeit with the collector left on."""
-    return timeit.Timer(run, setup="gc.enable()").timeit(number=1)
+def time_once(run: Run, gc_enabled: bool = True) -> float:
+    """Seconds one call of ``run`` takes, via timeit; the collector stays on unless told."""
+    return timeit.Timer(run, setup="gc.enable()" if gc_enabled else "pass").timeit(number=1)
 
 
-def calibrate(setup: Setup, start_ops: int, min_time_s: float, max_ops: int) -> int:
+def calibrate(
+    setup: Setup, start_ops: int, min_time_s: float, max_ops: int, gc_enabled: bool = True
+) -> int:
     """Grow the operation count (x4 a step) until one run lasts ``min_time_s``.
 
     The count is fixed per cell before the repeats start, so every repeat does the same work;
@@ -54,29 +56,43 @@ def calibrate(setup: Setup, start_ops: int, min_time_s: float, max_ops: int) -> 
     """
     ops = max(1, start_ops)
     while ops < max_ops:
-        if time_once(setup(ops)) >= min_time_s:
+        if time_once(setup(ops), gc_enabled) >= min_time_s:
             break
         ops = min(ops * 4, max_ops)
     return ops
 
 
-def measure(
-    setup: Setup,
+def measure(setup: Setup, **kwargs) -> Measurement:
+    """Median of ``repeats`` timed runs, each on fresh state from ``setup``."""
+    return measure_interleaved({"": setup}, **kwargs)[""]
+
+
+def measure_interleaved(
+    setups: dict[str, Setup],
     *,
     repeats: int = 5,
     min_time_s: float = 0.05,
     start_ops: int = 64,
     max_ops: int = 1 << 22,
     ops: int | None = None,
-) -> Measurement:
-    """Median of ``repeats`` timed runs, each on fresh state from ``setup``.
+    gc_enabled: bool = True,
+) -> dict[str, Measurement]:
+    """Time several contenders on the same work, round-robin: repeat r of every contender
+    runs before repeat r + 1 of any, so a burst of load from elsewhere on a shared machine
+    lands on all of them rather than on one, and the ratios of one run stay fair.
 
     Give ``ops`` to skip calibration (the smoke tests do, with tiny counts).
     """
-    if ops is None:
-        ops = calibrate(setup, start_ops, min_time_s, max_ops)
-    seconds = tuple(time_once(setup(ops)) for _ in range(repeats))
-    return Measurement(ops=ops, seconds=seconds)
+    counts = {
+        name: ops if ops is not None else calibrate(setup, start_ops, min_time_s, max_ops,
+                                                    gc_enabled)
+        for name, setup in setups.items()
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(repeats):
+        for name, setup in setups.items():
+            seconds[name].append(time_once(setup(counts[name]), gc_enabled))
+    return {name: Measurement(ops=counts[name], seconds=tuple(seconds[name])) for name in setups}
 
 
 def _cpu_model() -> str:

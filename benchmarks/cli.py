@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="queue: seconds one timed run should last (sets the operation count per cell)",
     )
     parser.add_argument(
+        "--no-gc",
+        action="store_true",
+        help="queue: time with the garbage collector off, to separate its share of the cost",
+    )
+    parser.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
         help="for store and upstream: arguments passed on to that benchmark",
@@ -65,9 +70,12 @@ def _queue(args: argparse.Namespace) -> None:
     min_time = args.min_time or (0.002 if args.quick else 0.05)
     print(
         f"== queue: free-queue designs, {repeats} runs per cell, median; each run on a fresh "
-        f"full queue, lasting >= {min_time:g} s; garbage collector on"
+        f"full queue, lasting >= {min_time:g} s; runs interleaved across queues; garbage "
+        f"collector {'off' if args.no_gc else 'on'}"
     )
-    results = free_queue.run_queue_bench(sizes, repeats=repeats, min_time_s=min_time)
+    results = free_queue.run_queue_bench(
+        sizes, repeats=repeats, min_time_s=min_time, gc_enabled=not args.no_gc
+    )
     print(free_queue.format_results(results))
     print()
     print(free_queue.format_summary(results))

@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks._harness import Measurement, Run, format_table, measure
+from benchmarks._harness import Measurement, Run, format_table, measure_interleaved
 from benchmarks.queue_variants import DequeIndexQueue, DequeScanQueue, OrderedDictQueue
 from impl.block import KVCacheBlock
 from impl.free_queue import FreeKVCacheBlockQueue
@@ -116,20 +116,30 @@ class QueueResult:
     measurement: Measurement
 
 
-def run_cell(
-    workload: str, contender: str, blocks: list[KVCacheBlock], *, seed: int = 0, **timing
-) -> Measurement:
-    """Time one (workload, contender, pool size) cell; each repeat gets a fresh full queue."""
-    cls = CONTENDERS[contender]
+def run_group(
+    workload: str,
+    blocks: list[KVCacheBlock],
+    contenders: Sequence[str] = tuple(CONTENDERS),
+    *,
+    seed: int = 0,
+    **timing,
+) -> dict[str, Measurement]:
+    """Time every contender on one (workload, pool size); each repeat gets a fresh full queue,
+    and repeats are interleaved across contenders (see ``measure_interleaved``)."""
     factory = WORKLOADS[workload][1]
 
-    def setup(ops: int) -> Run:
-        return factory(cls(blocks), blocks, ops, seed)
+    def setup_for(cls: type) -> Callable[[int], Run]:
+        return lambda ops: factory(cls(blocks), blocks, ops, seed)
 
-    m = measure(setup, **timing)
+    measured = measure_interleaved(
+        {name: setup_for(CONTENDERS[name]) for name in contenders}, **timing
+    )
     if workload == "batch":  # ops/s counts blocks actually moved
-        m = Measurement(ops=batch_ops(m.ops, len(blocks)), seconds=m.seconds)
-    return m
+        measured = {
+            name: Measurement(ops=batch_ops(m.ops, len(blocks)), seconds=m.seconds)
+            for name, m in measured.items()
+        }
+    return measured
 
 
 def scripted_order(cls: type, num_blocks: int, steps: int, seed: int = 0) -> tuple[list, list]:
@@ -204,11 +214,11 @@ def run_queue_bench(
     for size in sizes:
         blocks = make_blocks(size)
         for workload in workloads:
+            measured = run_group(workload, blocks, contenders, **timing)
             for contender in contenders:
-                m = run_cell(workload, contender, blocks, **timing)
-                results.append(QueueResult(workload, size, contender, m))
-                if progress:
-                    progress(f"{workload} {size} {contender}")
+                results.append(QueueResult(workload, size, contender, measured[contender]))
+            if progress:
+                progress(f"{workload} {size}")
     return results
 
 

@@ -18,10 +18,10 @@ partial blocks) and appends (the hashed ones).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks._harness import Measurement, Run, format_table, measure
+from benchmarks._harness import Measurement, Run, format_table, measure_interleaved
 from impl.block import KVCacheBlock
 from impl.block_pool import BlockPool
 
@@ -163,19 +163,23 @@ PROFILES = ("current", "classic")
 def run_pool_bench(
     shape: TraceShape = TraceShape(), *, profiles: Sequence[str] = PROFILES, repeats: int = 5
 ) -> list[PoolResult]:
-    """Time the same recorded trace on a fresh pool per repeat, once per profile."""
+    """Time the same recorded trace on a fresh pool per repeat, per profile, interleaved."""
     events = record_trace(shape)
-    results = []
-    for profile in profiles:
-        stats = trace_stats(events, shape.num_gpu_blocks, profile)
 
-        def setup(ops: int, profile: str = profile) -> Run:
+    def setup_for(profile: str) -> Callable[[int], Run]:
+        def setup(ops: int) -> Run:
             pool = BlockPool(shape.num_gpu_blocks, profile=profile)
             return lambda: replay(pool, events)
 
-        m = measure(setup, repeats=repeats, ops=len(events))
-        results.append(PoolResult(shape, profile, stats, m))
-    return results
+        return setup
+
+    measured = measure_interleaved(
+        {profile: setup_for(profile) for profile in profiles}, repeats=repeats, ops=len(events)
+    )
+    return [
+        PoolResult(shape, p, trace_stats(events, shape.num_gpu_blocks, p), measured[p])
+        for p in profiles
+    ]
 
 
 def format_results(results: Sequence[PoolResult]) -> str:
