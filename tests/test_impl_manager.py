@@ -7,7 +7,10 @@ for the rest, record progress, free it.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from impl.block import get_block_hash
 from impl.errors import KVCacheError
 from impl.kv_cache_manager import AllocationError, KVCacheManager, PrefixCacheStats
 from impl.request import Request
@@ -393,3 +396,77 @@ def test_stats_off():
     m = KVCacheManager(5, 4, log_stats=False)
     admit(m, req(m, "a", range(4)))
     assert m.get_prefix_cache_stats() is None
+
+
+
+# -- a random scheduler keeps the request-level invariants ---------------------------------
+
+
+def check_invariants(m: KVCacheManager, requests: dict[str, Request]) -> None:
+    pool = m.block_pool
+    held: dict[int, int] = {}
+    for rid, table in m.req_to_blocks.items():
+        r = requests[rid]
+        for i, b in enumerate(table):
+            held[b.block_id] = held.get(b.block_id, 0) + 1
+            if b.block_hash is not None:  # a hashed block holds this request's prefix
+                assert get_block_hash(b.block_hash) == r.block_hashes[i]
+        assert len(table) * m.block_size >= r.num_computed_tokens
+        n = m.num_cached_block.get(rid, 0)
+        assert n <= len(table) and all(b.block_hash is not None for b in table[:n])
+    free = set(queue(m))
+    for b in pool.blocks[1:]:
+        assert b.ref_cnt == held.get(b.block_id, 0)  # every reference is a table slot
+        assert (b.block_id in free) == (b.ref_cnt == 0)
+    assert pool.get_num_free_blocks() + len(held) + 1 == pool.num_gpu_blocks
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_random_scheduling_keeps_invariants(profile, data):
+    """Shared prefixes, chunked prefill, decode with lookahead, preemption, reset."""
+    m = KVCacheManager(data.draw(st.integers(3, 12)), 4, profile=profile)
+    prefixes = [[p] * 8 + [p + 1] * 4 for p in (10, 20)]
+    requests: dict[str, Request] = {}
+    waiting: list[Request] = []
+    running: list[Request] = []
+    admitted = hit_tokens = queried = 0
+    for step in range(data.draw(st.integers(1, 25))):
+        op = data.draw(st.sampled_from(["new", "schedule", "step", "finish", "preempt",
+                                        "reset"]))
+        if op == "new":
+            prefix = data.draw(st.sampled_from(prefixes))
+            tail = data.draw(st.lists(st.integers(0, 3), max_size=6))
+            r = req(m, f"r{step}", prefix[:data.draw(st.integers(1, 12))] + tail)
+            requests[r.request_id] = r
+            waiting.append(r)
+        elif op == "schedule" and waiting:
+            r = waiting[0]
+            hits, n = m.get_computed_blocks(r)
+            assert n % 4 == 0 and n <= r.num_tokens - 1
+            assert [get_block_hash(b.block_hash) for b in hits] == r.block_hashes[:len(hits)]
+            chunk = data.draw(st.integers(1, r.num_tokens - n))
+            if m.allocate_slots(r, chunk, n, hits) is not None:
+                r.num_computed_tokens = n + chunk
+                running.append(waiting.pop(0))
+                admitted, hit_tokens, queried = admitted + 1, hit_tokens + n, queried + r.num_tokens
+        elif op == "step" and running:
+            r = data.draw(st.sampled_from(running))
+            if r.num_computed_tokens == r.num_tokens:
+                r.append_output_token_ids(data.draw(st.integers(0, 3)))
+            chunk = r.num_tokens - r.num_computed_tokens
+            lookahead = data.draw(st.integers(0, 2))
+            if m.allocate_slots(r, chunk, num_lookahead_tokens=lookahead) is not None:
+                r.num_computed_tokens += chunk
+        elif op in ("finish", "preempt") and running:
+            r = running.pop(data.draw(st.integers(0, len(running) - 1)))
+            m.free(r)
+            if op == "preempt":
+                r.num_computed_tokens = 0
+                waiting.insert(0, r)
+        elif op == "reset":
+            assert m.reset_prefix_cache() == (not running)
+        check_invariants(m, requests)
+    stats = m.get_prefix_cache_stats()
+    assert (stats.requests, stats.hits, stats.queries) == (admitted, hit_tokens, queried)
