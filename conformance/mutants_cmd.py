@@ -1,0 +1,104 @@
+"""``kvspec mutants``: run the suite against every zoo mutant and print a kill matrix.
+
+For each mutant: caught or not, the invariant or observation that caught it, how many
+examples and seconds it took to the first failure, and the length of the shrunk trace.
+A mutant that survives is a finding about the suite, reported, never hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+
+from conformance.runner import SETTINGS_PROFILES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--level", choices=["pool", "all"], default="all")
+    parser.add_argument("--settings", choices=list(SETTINGS_PROFILES), default="ci")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0: reproducible)")
+    parser.add_argument("--list", action="store_true", help="list the zoo and exit")
+
+
+@dataclass
+class KillRow:
+    name: str
+    level: str
+    caught: bool
+    caught_by: str
+    examples: int | None
+    seconds: float
+    shrunk_length: int | None
+
+
+def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> KillRow:
+    """Run the suite against one mutant; no example database, so each run is fresh."""
+    from conformance.mutants import MUTANTS
+    from conformance.runner import run_check
+
+    mutant = MUTANTS[name]
+    result = run_check(
+        mutant.factory,
+        target_name=f"mutant:{name}",
+        level=mutant.level,
+        profile=mutant.profile,
+        settings_name=settings_name,
+        seed=seed,
+        database=None,
+        progress=False,
+    )
+    failure = result.failure
+    return KillRow(
+        name=name,
+        level=mutant.level,
+        caught=failure is not None,
+        caught_by=failure.caught_by if failure else "-",
+        examples=result.examples_to_failure,
+        seconds=result.seconds,
+        shrunk_length=len(failure.steps) if failure else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from conformance.mutants import MUTANTS
+
+    chosen = args.names or [
+        n for n, m in MUTANTS.items() if args.level == "all" or m.level == args.level
+    ]
+    unknown = [n for n in chosen if n not in MUTANTS]
+    if unknown:
+        print(f"kvspec mutants: unknown mutant(s) {unknown}; see kvspec mutants --list")
+        return 2
+    if args.list:
+        for n in chosen:
+            print(f"  {n:<28} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
+        return 0
+    header = f"{'mutant':<28} {'level':<7} {'caught':<6} {'caught by':<26} "
+    header += f"{'examples':>8} {'seconds':>8} {'shrunk':>6}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for n in chosen:
+        row = run_mutant(n, args.settings, args.seed)
+        rows.append(row)
+        print(
+            f"{row.name:<28} {row.level:<7} {'yes' if row.caught else 'NO':<6} "
+            f"{row.caught_by:<26} {row.examples or '-':>8} {row.seconds:>8.2f} "
+            f"{row.shrunk_length if row.shrunk_length is not None else '-':>6}",
+            flush=True,
+        )
+    caught = [r for r in rows if r.caught]
+    print(f"\n{len(caught)}/{len(rows)} mutants caught")
+    if caught:
+        print(
+            f"median seconds to catch (incl. shrinking): "
+            f"{statistics.median(r.seconds for r in caught):.2f}; "
+            f"median shrunk length: {statistics.median(r.shrunk_length or 0 for r in caught)}"
+        )
+    survivors = [r.name for r in rows if not r.caught]
+    if survivors:
+        print(f"NOT CAUGHT: {', '.join(survivors)}")
+        return 1
+    return 0
