@@ -23,13 +23,8 @@ BUILTIN = ("queue", "pool")
 DEFAULT = BUILTIN
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "name",
-        nargs="?",
-        choices=[*BUILTIN, *EXTERNAL],
-        help="which benchmark; default: queue then pool",
-    )
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the built-in benchmarks, accepted before or after the name."""
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -55,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="queue: time with the garbage collector off, to separate its share of the cost",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "name",
+        nargs="?",
+        choices=[*BUILTIN, *EXTERNAL],
+        help="which benchmark; default: queue then pool",
+    )
+    _add_options(parser)
     parser.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
@@ -104,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         return int(module.main(list(args.rest)) or 0)
-    if args.rest:
-        print(f"kvspec bench: unexpected arguments {args.rest}", file=sys.stderr)
-        return 2
+    if args.rest:  # options written after a built-in benchmark's name
+        late = argparse.ArgumentParser(prog=f"kvspec bench {args.name}")
+        _add_options(late)
+        late.parse_args(args.rest, namespace=args)
     names = (args.name,) if args.name else DEFAULT
     print(format_machine_info())
     for name in names:

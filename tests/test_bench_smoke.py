@@ -145,6 +145,13 @@ def test_bench_quick_prints_queue_and_pool_tables(capsys):
     assert "impl.BlockPool (current)" in out
 
 
+def test_bench_options_may_follow_the_benchmark_name(capsys):
+    assert kvspec(["bench", "queue", "--quick", "--sizes", "16", "--repeats", "1",
+                   "--no-gc"]) == 0
+    out = capsys.readouterr().out
+    assert "garbage collector off" in out and "== pool" not in out
+
+
 def test_bench_store_passes_its_arguments_to_the_store_benchmark(monkeypatch):
     seen = []
     fake = types.ModuleType("benchmarks.block_store")
