@@ -86,6 +86,7 @@ class TraceStats:
     events: int = 0
     pool_calls: int = 0
     hit_blocks: int = 0
+    revived: int = 0  # hits at ref_cnt 0: touch removed them from the middle of the queue
     new_blocks: int = 0
     evictions: int = 0
 
@@ -110,6 +111,8 @@ def replay(pool: BlockPool, events: Sequence[Event], stats: TraceStats | None = 
                 if found is None:
                     break
                 hits.append(found[0])
+            if stats is not None:
+                stats.revived += sum(1 for b in hits if b.ref_cnt == 0)
             if hits:
                 touch(hits)
             missing = chain[len(hits):]
@@ -191,7 +194,8 @@ def format_results(results: Sequence[PoolResult]) -> str:
         lines.append(
             f"trace ({result.profile}): {shape.num_requests:,} requests on "
             f"{shape.num_gpu_blocks:,} blocks (seed {shape.seed}): {s.events:,} events, "
-            f"{s.pool_calls:,} pool calls, {s.hit_blocks:,} blocks hit, "
+            f"{s.pool_calls:,} pool calls, {s.hit_blocks:,} blocks hit ({s.revived:,} revived "
+            "from the free queue), "
             f"{s.new_blocks:,} allocated, {s.evictions:,} evicted"
         )
         rows.append(

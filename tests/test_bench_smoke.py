@@ -129,6 +129,7 @@ def test_pool_trace_hits_evicts_and_returns_every_block(profile):
     stats = pool_trace.trace_stats(events, shape.num_gpu_blocks, profile)
     assert stats.events == len(events)
     assert stats.hit_blocks > 0 and stats.evictions > 0
+    assert 0 < stats.revived <= stats.hit_blocks
     pool = BlockPool(shape.num_gpu_blocks, profile=profile)
     pool_trace.replay(pool, events)
     assert pool.get_num_free_blocks() == shape.num_gpu_blocks - 1  # everything freed
