@@ -94,8 +94,13 @@ class BlockStore:
     """A paged KV cache: ``num_blocks`` blocks of ``block_size`` token slots, for every layer.
 
     Slot ``s`` is offset ``s % block_size`` of block ``s // block_size``, as in vLLM's slot
-    mapping. See the module docstring for the layout and the write guard.
+    mapping. See the module docstring for the layout and the write guard. Not thread-safe:
+    CPU copies share one staging buffer.
     """
+
+    copy_chunk_bytes: int = 1 << 20
+    """Staging-buffer size for CPU ``copy_blocks``: small enough to stay in a core's L2. At
+    least one (plane, block) row is staged per chunk however small this is."""
 
     def __init__(
         self,
@@ -147,6 +152,7 @@ class BlockStore:
         self._plane_offsets = (
             torch.arange(num_layers * 2, dtype=torch.int64, device=self.device) * num_blocks
         )
+        self._staging: torch.Tensor | None = None  # allocated by the first staged copy
 
     # ----------------------------------------------------------------------------- sizes
 
@@ -328,7 +334,30 @@ class BlockStore:
         pair = torch.tensor([src, dst], dtype=torch.int64, device=self.device)
         # Row of (plane p, block b) in the [planes * num_blocks, words] view: p * num_blocks + b.
         rows = (self._plane_offsets[None, :, None] + pair[:, None, :]).reshape(2, -1)
-        self._rows.index_copy_(0, rows[1], self._rows.index_select(0, rows[0]))
+        if self.device.type == "cpu" and set(src).isdisjoint(dst):
+            self._copy_rows_staged(rows[0], rows[1])
+        else:
+            self._rows.index_copy_(0, rows[1], self._rows.index_select(0, rows[0]))
+
+    def _copy_rows_staged(self, src_rows: torch.Tensor, dst_rows: torch.Tensor) -> None:
+        """CPU copy through a reused staging buffer of at most ``copy_chunk_bytes``.
+
+        A one-pass gather would allocate a staging tensor as large as the whole copy (64 MiB
+        for 256 blocks of a small model): past glibc's mmap threshold every call maps and
+        faults in fresh pages, and the staged bytes fall out of cache before the scatter reads
+        them. Chunks of a few hundred KiB stay in L2 and reuse one buffer; measured about 3x
+        faster at 64 MiB. Only used when no destination is also a source, since a later chunk
+        would otherwise read a row an earlier chunk already overwrote.
+        """
+        row_bytes = self._rows.shape[1] * self._rows.element_size()
+        step = max(1, self.copy_chunk_bytes // row_bytes)
+        if self._staging is None or self._staging.shape[0] != step:
+            self._staging = self._rows.new_empty((step, self._rows.shape[1]))
+        for start in range(0, src_rows.numel(), step):
+            src_part = src_rows[start : start + step]
+            staged = self._staging[: src_part.numel()]
+            torch.index_select(self._rows, 0, src_part, out=staged)
+            self._rows.index_copy_(0, dst_rows[start : start + step], staged)
 
     def gather(
         self, block_ids: IdsLike, num_tokens: int, *, layer: int | None = None

@@ -215,6 +215,16 @@ def test_copy_blocks_copies_k_and_v_of_every_layer_and_leaves_sources_unchanged(
     assert torch.equal(store.kv[:, :, untouched], before[:, :, untouched])
 
 
+def test_copy_blocks_in_many_staging_chunks_copies_the_same_as_in_one() -> None:
+    store = filled_store()
+    store.copy_chunk_bytes = 1  # one (plane, block) row per chunk: 2 layers x K,V x 3 blocks
+    before = store.kv.clone()
+    store.copy_blocks([3, 1, 5], [6, 2, 7])
+    for src, dst in ((3, 6), (1, 2), (5, 7)):
+        assert torch.equal(store.kv[:, :, dst], before[:, :, src])
+    assert torch.equal(store.kv[:, :, [0, 1, 3, 4, 5]], before[:, :, [0, 1, 3, 4, 5]])
+
+
 def test_copy_blocks_reads_every_source_before_writing_any_destination() -> None:
     store = filled_store()
     before = store.kv.clone()
@@ -368,3 +378,21 @@ def test_gathers_are_bit_identical_on_every_available_device() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         assert_bit_identical(gathers_after_a_fixed_script(device), reference)
+
+
+# -------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_prints_a_row_per_operation_and_the_one_block_overhead(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.block_store import main
+
+    tiny = "--layers 1 --kv-heads 1 --head-size 8 --block-size 4 --copy-blocks 1,3"
+    tiny += " --gather-tokens 10 --repeats 1 --min-batch-ms 0"
+    assert main(tiny.split()) == 0
+    out = capsys.readouterr().out
+    for row in ("copy_blocks 1 block ", "copy_blocks 3 blocks", "gather 10 tokens"):
+        assert row in out
+    assert "per-call overhead, 1-block copy_blocks:" in out
+    assert f"torch {torch.__version__}" in out
