@@ -46,12 +46,29 @@ class PrefixCacheStats:
 
     Counted when ``allocate_slots`` admits a request, not when ``get_computed_blocks``
     looks: a waiting request is looked up again on every scheduling attempt until it fits,
-    and counting each attempt would report one request's hit many times.
+    and counting each attempt would report one request's hit many times. A request
+    readmitted after preemption (``num_preemptions > 0``) is counted in the ``preempted_``
+    fields instead, so ``requests`` counts each request once and its hit rate is not
+    inflated by recomputing what the request itself had cached (upstream 0.33.0 splits
+    them the same way).
     """
 
     requests: int = 0
     queries: int = 0
     hits: int = 0
+    preempted_requests: int = 0
+    preempted_queries: int = 0
+    preempted_hits: int = 0
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (
+            self.requests,
+            self.queries,
+            self.hits,
+            self.preempted_requests,
+            self.preempted_queries,
+            self.preempted_hits,
+        )
 
 
 @dataclass
@@ -82,7 +99,7 @@ class ManagerState:
             self.pool.key(),
             tuple(sorted((r, tuple(t)) for r, t in self.req_to_blocks.items())),
             tuple(sorted(self.num_cached_block.items())),
-            (self.stats.requests, self.stats.queries, self.stats.hits),
+            self.stats.as_tuple(),
         )
 
 
@@ -284,9 +301,14 @@ def _record_admission(m: ManagerState, request: Request, num_new_computed_tokens
     """
     if not m.enable_caching or request.skip_reading_prefix_cache:
         return
-    m.stats.requests += 1
-    m.stats.queries += request.num_tokens
-    m.stats.hits += num_new_computed_tokens
+    if request.num_preemptions > 0:
+        m.stats.preempted_requests += 1
+        m.stats.preempted_queries += request.num_tokens
+        m.stats.preempted_hits += num_new_computed_tokens
+    else:
+        m.stats.requests += 1
+        m.stats.queries += request.num_tokens
+        m.stats.hits += num_new_computed_tokens
 
 
 def allocate_slots(
@@ -323,7 +345,7 @@ def allocate_slots(
        parent hash. Lookahead (draft) slots and a partial last block are never cached:
        their content is not final.
     4. If the request was being admitted (no blocks, no computed tokens), count it in the
-       statistics with the hits it adopted.
+       statistics with the hits it adopted (in the ``preempted_`` fields when readmitted).
     """
     _check_allocate_guards(
         m,

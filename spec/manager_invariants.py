@@ -16,6 +16,7 @@ the driver's record of what was written says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -137,11 +138,13 @@ class HitView:
 class Admission:
     """A request the driver admitted (``allocate_slots`` succeeded for it with an empty
     table and no computed tokens) while it read the prefix cache, with the hit tokens it
-    adopted. The statistics must count exactly these."""
+    adopted; ``preempted`` when it had been preempted before. The statistics must count
+    exactly these."""
 
     request_id: str
     num_tokens: int
     num_hit_tokens: int
+    preempted: bool = False
 
 
 @dataclass(frozen=True)
@@ -290,13 +293,18 @@ def stats_match_hits(snap: ManagerSnapshot) -> list[str]:
     """Statistics count each admitted request once, with the hits it actually adopted."""
     if snap.stats is None:
         return []
+    first = [a for a in snap.admissions if not a.preempted]
+    again = [a for a in snap.admissions if a.preempted]
     expected = PrefixCacheStats(
-        requests=len(snap.admissions),
-        queries=sum(a.num_tokens for a in snap.admissions),
-        hits=sum(a.num_hit_tokens for a in snap.admissions),
+        requests=len(first),
+        queries=sum(a.num_tokens for a in first),
+        hits=sum(a.num_hit_tokens for a in first),
+        preempted_requests=len(again),
+        preempted_queries=sum(a.num_tokens for a in again),
+        preempted_hits=sum(a.num_hit_tokens for a in again),
     )
     out: list[str] = []
-    for name in ("requests", "queries", "hits"):
+    for name in (f.name for f in dataclasses.fields(PrefixCacheStats)):
         got, want = getattr(snap.stats, name), getattr(expected, name)
         if got != want:
             out.append(f"prefix-cache stats {name} = {got}, admissions give {want}")

@@ -32,7 +32,8 @@ class Request:
     ``num_computed_tokens`` is the scheduler's count of tokens whose K/V is (or, after the
     current step, will be) in the request's blocks; preemption resets it to 0.
     ``skip_reading_prefix_cache`` marks requests that must not *read* the cache (upstream:
-    prompt-logprob and pooling requests); they still write to it.
+    prompt-logprob and pooling requests); they still write to it. ``num_preemptions`` is
+    counted by the scheduler; a readmitted request's lookup goes to separate statistics.
     """
 
     request_id: str
@@ -46,6 +47,7 @@ class Request:
     hash_fn: HashFn = sha256_hash
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    num_preemptions: int = 0
     block_hashes: list[bytes] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:

@@ -361,8 +361,16 @@ def test_stats_count_each_admission_once(profile: Profile) -> None:
     assert prefix_cache_stats(m) == PrefixCacheStats(requests=3, queries=101, hits=32)
     free(m, "b")  # preempted
     b.num_computed_tokens = 0
-    assert admit(m, b) is not None  # readmitted with 49 tokens: counted again
-    assert prefix_cache_stats(m) == PrefixCacheStats(requests=4, queries=150, hits=80)
+    b.num_preemptions += 1
+    assert admit(m, b) is not None  # readmitted with 49 tokens: counted apart
+    assert prefix_cache_stats(m) == PrefixCacheStats(
+        requests=3,
+        queries=101,
+        hits=32,
+        preempted_requests=1,
+        preempted_queries=49,
+        preempted_hits=48,
+    )
 
 
 @PROFILE_PARAMS
@@ -520,6 +528,20 @@ def test_shared_iff_counted_reports_a_block_in_two_tables_counted_once() -> None
     broken = dataclasses.replace(snap, requests=(snap.requests[0], stolen))
     violations = mi.check_all(broken)["shared-iff-counted"]
     assert f"block {a3} has ref_cnt 1 but 2 table slot(s) ('a', 'b')" in violations
+
+
+def test_stats_match_hits_keeps_readmissions_apart() -> None:
+    d, snap = _good_snapshot()
+    readmitted = mi.Admission("b", 48, 32, preempted=True)
+    broken = dataclasses.replace(snap, admissions=(snap.admissions[0], readmitted))
+    assert mi.check_all(broken)["stats-match-hits"] == [
+        "prefix-cache stats requests = 2, admissions give 1",
+        "prefix-cache stats queries = 96, admissions give 48",
+        "prefix-cache stats hits = 32, admissions give 0",
+        "prefix-cache stats preempted_requests = 0, admissions give 1",
+        "prefix-cache stats preempted_queries = 0, admissions give 48",
+        "prefix-cache stats preempted_hits = 0, admissions give 32",
+    ]
 
 
 def test_stats_match_hits_reports_stats_counted_per_attempt() -> None:
