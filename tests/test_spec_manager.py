@@ -290,6 +290,18 @@ def test_partial_block_is_cached_only_once_full(profile: Profile) -> None:
 
 
 @PROFILE_PARAMS
+def test_a_recomputed_full_block_is_cached_beside_the_first(profile: Profile) -> None:
+    """The capped hit recomputes block 3; its copy joins the index, no table changes."""
+    m = init_manager(8, BS, profile=profile)
+    admit(m, Request("a", prompt(1, 2, 3), BS, profile=profile))
+    admit(m, Request("b", prompt(1, 2, 3), BS, profile=profile))
+    a3, b3 = get_block_ids(m, "a")[2], get_block_ids(m, "b")[2]
+    assert a3 != b3
+    assert m.pool.cached[m.pool.block_hash[a3]] == [a3, b3]
+    assert_pool_ok(m)
+
+
+@PROFILE_PARAMS
 def test_a_first_chunk_shorter_than_a_block_leaves_the_request_untracked(
     profile: Profile,
 ) -> None:
