@@ -157,8 +157,11 @@ def report(rows: Sequence[Row], store: BlockStore, args: argparse.Namespace) -> 
         where = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     else:
         where = f"cpu, {torch.get_num_threads()} torch threads"
+    load = ""
+    if hasattr(os, "getloadavg"):  # a shared machine's other work shows in absolute figures
+        load = ", load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"machine: {cpu_name()}, {os.cpu_count()} cores{load}; torch {torch.__version__}; "
         f"python {platform.python_version()}",
         f"device:  {where}",
         f"store:   {store.num_layers} layers x {store.num_blocks} blocks x {store.block_size} "

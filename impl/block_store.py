@@ -19,12 +19,14 @@ Layout decision
     allocation of the whole cache instead of per-layer tensors a framework can place
     separately; a reference store does not need that freedom.
 
-Copies move bits, not numbers
-    ``copy_blocks`` and ``gather`` view the storage as the widest integer type that divides
-    a block's bytes and copy that. The result is bit-identical to a float copy (NaN payloads
-    and signed zeros included), and integer index kernels run about 1.5x faster on CPU than
-    float16 ones. This is also why gathers are bit-identical across devices: no arithmetic
-    touches the values.
+Copies move words, not numbers
+    ``write``, ``copy_blocks`` and ``gather`` view the storage as the widest element type
+    that divides a token's (or a block's) bytes, 16-byte ``complex128`` in practice, and
+    index that. torch's CPU scatter (``index_copy_``) costs per element, not per byte:
+    scattering 256 KiB measured 75 us as float16, 43 us as int64 and 8.5 us as complex128.
+    The wide elements are only loaded and stored, never computed with, so every bit
+    survives (NaN payloads, signed zeros, subnormals; the tests write random bit patterns).
+    This is also why gathers are bit-identical across devices.
 
 The write guard
     A write into a block that another request shares (``ref_cnt > 1``) or that the prefix
@@ -72,10 +74,11 @@ class BlockStateView(Protocol):
     def block_hash(self, block_id: int) -> bytes | None: ...
 
 
-def _bit_dtype(nbytes: int) -> torch.dtype:
-    """The widest integer dtype whose size divides ``nbytes``: the unit bit copies move."""
-    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
-        if nbytes % size == 0:
+def _word_dtype(nbytes: int) -> torch.dtype:
+    """The widest element type whose size divides ``nbytes``: the unit the store's indexed
+    copies move (see "Copies move words" in the module docstring)."""
+    for dtype in (torch.complex128, torch.float64, torch.int32, torch.int16):
+        if nbytes % dtype.itemsize == 0:
             return dtype
     return torch.uint8
 
@@ -143,11 +146,15 @@ class BlockStore:
         """The whole cache. Read it freely; mutate it only through the store's methods."""
 
         # Views over the same storage, built once so each call only indexes.
-        self._tokens = self.kv.view(num_layers, 2, num_blocks * block_size, num_kv_heads, head_size)
-        elem = self.kv.element_size()
-        self._bits = _bit_dtype(block_size * num_kv_heads * head_size * elem)
+        token_bytes = num_kv_heads * head_size * self.kv.element_size()
+        self._token_word = _word_dtype(token_bytes)
+        # [num_layers, 2, num_slots, words per token]: a slot picks one row per (layer, K/V).
+        self._tokens = (
+            self.kv.view(-1).view(self._token_word).view(num_layers, 2, self.num_slots, -1)
+        )
+        block_word = _word_dtype(block_size * token_bytes)
         # [num_layers * 2 planes, num_blocks, words per block]: a block id picks one row per plane.
-        self._planes = self.kv.view(-1).view(self._bits).view(num_layers * 2, num_blocks, -1)
+        self._planes = self.kv.view(-1).view(block_word).view(num_layers * 2, num_blocks, -1)
         self._rows = self._planes.view(num_layers * 2 * num_blocks, -1)
         self._plane_offsets = (
             torch.arange(num_layers * 2, dtype=torch.int64, device=self.device) * num_blocks
@@ -298,12 +305,15 @@ class BlockStore:
         if not slots:
             return
         index = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        rows = (*shape[:-2], self._tokens.shape[-1])
+        key_words = key.contiguous().view(-1).view(self._token_word).view(rows)
+        value_words = value.contiguous().view(-1).view(self._token_word).view(rows)
         if layer is None:
-            self._tokens[:, 0].index_copy_(1, index, key)
-            self._tokens[:, 1].index_copy_(1, index, value)
+            self._tokens[:, 0].index_copy_(1, index, key_words)
+            self._tokens[:, 1].index_copy_(1, index, value_words)
         else:
-            self._tokens[layer, 0].index_copy_(0, index, key)
-            self._tokens[layer, 1].index_copy_(0, index, value)
+            self._tokens[layer, 0].index_copy_(0, index, key_words)
+            self._tokens[layer, 1].index_copy_(0, index, value_words)
 
     def copy_blocks(self, src_ids: IdsLike, dst_ids: IdsLike) -> None:
         """Copy block ``src_ids[i]`` onto ``dst_ids[i]``, K and V of every layer, in one
