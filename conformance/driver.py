@@ -257,20 +257,20 @@ class PoolDriver:
         if self.strict or step.op not in ("get_new_blocks", "fork_block"):
             self.spec = trial
         else:
-            self._adopt_choice(step, target_result)
+            spec_result = self._adopt_choice(step, target_result)
         handed = spec_result if self.strict else target_result
         allocated = self._allocated(step, handed, ref_before)
         self._compare_result(step, spec_result, target_result)
         self.check(allocated)
         return Outcome(result=spec_result)
 
-    def _adopt_choice(self, step: Step, target_result: Any) -> None:
+    def _adopt_choice(self, step: Step, target_result: Any) -> Any:
         """Abstract mode: accept the target's pick of free blocks if the spec allows it."""
         choice: Any = target_result
         if step.op == "fork_block" and target_result == step.args["block_id"]:
             choice = None
         try:
-            SPEC_STEPS[step.op](self.spec, step.args, choice)
+            return SPEC_STEPS[step.op](self.spec, step.args, choice)
         except Refused as refusal:
             raise self.fail(
                 "no-double-allocation",

@@ -38,15 +38,16 @@ def format_views(failure: Divergence) -> str:
 def pytest_function(failure: Divergence, target: str) -> str:
     """A regression test to paste: it replays the trace and expects no divergence."""
     trace_json = json.dumps(failure.trace().to_json(), indent=4)
-    body = "\n".join("    " + line for line in trace_json.splitlines())
+    body = "\n".join("        " + line for line in trace_json.splitlines())
     return (
         "def test_kvspec_regression():\n"
         '    """Found by kvspec check: ' + failure.caught_by + '."""\n'
+        "    import json\n\n"
         "    from conformance.replay import replay_trace\n"
         "    from conformance.trace import Trace\n\n"
-        "    trace = Trace.from_json(\n"
+        "    trace = Trace.from_json(json.loads(\"\"\"\n"
         f"{body}\n"
-        "    )\n"
+        "    \"\"\"))\n"
         f"    result = replay_trace(trace, target={target!r})\n"
         "    assert result.ok, result.message\n"
     )

@@ -17,6 +17,11 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in INVARIANTS)
     for name, inv in INVARIANTS.items():
         print(f"  {name:<{width}}  {inv.statement}")
+    from spec.manager_invariants import MANAGER_INVARIANTS
+
+    print("\nManager invariants:")
+    for name, inv in MANAGER_INVARIANTS.items():
+        print(f"  {name:<{width}}  {inv.statement}")
     print("\nProfiles:")
     for name, profile in PROFILES.items():
         print(f"  {name:<8}  {profile.summary}")

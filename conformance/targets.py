@@ -23,6 +23,8 @@ Unsupported operations
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -170,6 +172,9 @@ def load_factory(target: str) -> PoolFactory:
             f"--target {target!r}: expected 'impl', 'vllm' or 'module.path:factory' "
             "(exactly one ':' between an importable module and an attribute)"
         )
+    # Like ``python -m``: a user's module in the current directory is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

@@ -2,7 +2,9 @@
 
 Read in this order: :mod:`spec.profiles` (the named upstream behaviours),
 :mod:`spec.pool` (state and one function per operation, guard then effect),
-:mod:`spec.invariants` (named invariants over observable snapshots).
+:mod:`spec.invariants` (named invariants over observable snapshots); then the request
+level: :mod:`spec.hashing`, :mod:`spec.request`, :mod:`spec.manager`,
+:mod:`spec.manager_invariants`; and the z3 model in :mod:`spec.symbolic`.
 """
 
 from spec.errors import Refused

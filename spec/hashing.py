@@ -20,7 +20,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spec.profiles import CLASSIC, Profile
+from spec.profiles import Profile
 
 #: The pickle protocol of the encoding. Fixed, not ``pickle.HIGHEST_PROTOCOL``, so a newer
 #: Python with a new protocol cannot change every key; 5 is what upstream gets today.
@@ -117,7 +117,7 @@ def tags_extra_keys(profile: Profile) -> bool:
     contribute ``"x"`` to the first block, so two unrelated requests share every block.
     Tagging (``("lora", ...)``, ``("cache_salt", ...)``) makes that impossible.
     """
-    return profile.name != CLASSIC.name
+    return profile.tag_extra_keys
 
 
 def block_extra_keys(

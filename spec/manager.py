@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from spec import errors, pool
 from spec.errors import Refused
 from spec.pool import PoolState
-from spec.profiles import CLASSIC, CURRENT, Profile
+from spec.profiles import CURRENT, Profile
 from spec.request import Request
 
 # Refusal reasons of the manager (the pool's are in spec/errors.py).
@@ -131,7 +131,7 @@ def allows_adopt_only(profile: Profile) -> bool:
     ``current`` (0.33.0) accepts a call that only adopts hits; ``classic`` (0.22.x) refuses
     any call without new tokens (it has no external-token path in this spec).
     """
-    return profile.name != CLASSIC.name
+    return profile.allow_adopt_only_allocation
 
 
 # --------------------------------------------------------------------------- queries

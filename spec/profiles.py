@@ -22,6 +22,11 @@ class Profile:
     #: ``touch`` and ``free_blocks`` adjust the null block's ref count (it drifts and may
     #: go negative). Later releases skip the null block entirely, keeping it at 0.
     count_null_refs: bool
+    #: Extra hash keys carry their kind (``("lora", ...)``, ``("cache_salt", ...)``), so
+    #: a LoRA name and a cache salt spelt alike can never collide.
+    tag_extra_keys: bool
+    #: ``allocate_slots`` accepts zero new tokens when it only adopts computed hits.
+    allow_adopt_only_allocation: bool
 
 
 CURRENT = Profile(
@@ -29,6 +34,8 @@ CURRENT = Profile(
     summary="vLLM >= 0.24 (checked against 0.33.0): unhashed frees prepended, null skipped",
     prepend_unhashed_on_free=True,
     count_null_refs=False,
+    tag_extra_keys=True,
+    allow_adopt_only_allocation=True,
 )
 
 CLASSIC = Profile(
@@ -36,6 +43,8 @@ CLASSIC = Profile(
     summary="vLLM 0.22.x (the study sheet's line numbers): every free appended, null counted",
     prepend_unhashed_on_free=False,
     count_null_refs=True,
+    tag_extra_keys=False,
+    allow_adopt_only_allocation=False,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (CURRENT, CLASSIC)}
