@@ -153,9 +153,9 @@ class BlockStore:
             self.kv.view(-1).view(self._token_word).view(num_layers, 2, self.num_slots, -1)
         )
         block_word = _word_dtype(block_size * token_bytes)
-        # [num_layers * 2 planes, num_blocks, words per block]: a block id picks one row per plane.
-        self._planes = self.kv.view(-1).view(block_word).view(num_layers * 2, num_blocks, -1)
-        self._rows = self._planes.view(num_layers * 2 * num_blocks, -1)
+        # One row per (plane, block), a plane being one layer's K or V: block b of plane p is
+        # row p * num_blocks + b, and a block id picks num_layers * 2 rows.
+        self._rows = self.kv.view(-1).view(block_word).view(num_layers * 2 * num_blocks, -1)
         self._plane_offsets = (
             torch.arange(num_layers * 2, dtype=torch.int64, device=self.device) * num_blocks
         )
@@ -342,8 +342,9 @@ class BlockStore:
         if not src:
             return
         pair = torch.tensor([src, dst], dtype=torch.int64, device=self.device)
-        # Row of (plane p, block b) in the [planes * num_blocks, words] view: p * num_blocks + b.
-        rows = (self._plane_offsets[None, :, None] + pair[:, None, :]).reshape(2, -1)
+        # Row of (plane p, block b) in the [planes * num_blocks, words] view: p * num_blocks + b,
+        # block-major, so one block's planes are copied together.
+        rows = (pair[:, :, None] + self._plane_offsets).view(2, -1)
         if self.device.type == "cpu" and set(src).isdisjoint(dst):
             self._copy_rows_staged(rows[0], rows[1])
         else:
@@ -383,14 +384,19 @@ class BlockStore:
         op = "gather"
         ids = self._table_prefix(op, block_ids, num_tokens)
         heads = (self.num_kv_heads, self.head_size)
+        if layer is not None:
+            self._check_layer(op, layer)
         index = torch.tensor(ids, dtype=torch.int64, device=self.device)
         padded = len(ids) * self.block_size  # whole blocks; the tail past num_tokens is cut
+        # Rows of the [planes * num_blocks, words] view, plane-major so that each plane's
+        # blocks land in table order; dim-0 selection of contiguous rows is a memcpy per row.
+        planes = (
+            self._plane_offsets if layer is None else self._plane_offsets[2 * layer : 2 * layer + 2]
+        )
+        words = self._rows.index_select(0, (planes[:, None] + index).view(-1))
         if layer is None:
-            words = self._planes.index_select(1, index)
             dense = words.view(self.dtype).view(self.num_layers, 2, padded, *heads)
             return dense[:, 0, :num_tokens], dense[:, 1, :num_tokens]
-        self._check_layer(op, layer)
-        words = self._planes[2 * layer : 2 * layer + 2].index_select(1, index)
         dense = words.view(self.dtype).view(2, padded, *heads)
         return dense[0, :num_tokens], dense[1, :num_tokens]
 

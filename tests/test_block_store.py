@@ -120,6 +120,8 @@ def test_gather_reads_only_the_blocks_the_tokens_need() -> None:
     store.write(slots_for([3], 4), key, key)
     k, _ = store.gather([3, 5, 6], 4, layer=0)  # slots reserved ahead are not read
     assert torch.equal(k, key[0])
+    k, v = store.gather([3], 0)  # an empty request gathers to empty tensors
+    assert k.shape == v.shape == (LAYERS, 0, HEADS, HEAD_SIZE)
     with pytest.raises(
         BlockStoreError, match="5 tokens need 2 blocks of 4; the block table holds 1"
     ):
