@@ -14,9 +14,12 @@ figure depends on the memory system and, on shared CPUs, on what else is running
 table, as paged attention does once per layer. The per-call overhead of a 1-block copy is
 its time minus the plain copy of the same bytes: validation, index tensors, dispatch.
 
-Timing: a warm-up call, then calls are batched until a batch lasts ``--min-batch-ms``; the
-median of ``--repeats`` batches, divided by the batch size, is one call's time. On CUDA the
-device is synchronised before and after every batch, so a batch's time covers its kernels.
+Timing: a warm-up call, then calls are batched until a batch lasts ``--min-batch-ms``.
+``--repeats`` rounds each time one batch of the operation and one of the plain copy back to
+back; the medians give the times and the median of the per-round ratios gives the ratio, so
+a burst of load from another process slows both halves of a round alike. On CUDA the device
+is synchronised before and after every batch, so a batch's time covers its kernels. On CPU
+the default is one torch thread (``--threads``): figures on a shared machine scatter less.
 """
 
 from __future__ import annotations
@@ -213,11 +216,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--min-batch-ms", type=float, default=20.0)
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 0 keeps torch's choice (default 1: on a machine shared with "
+        "other work, a parallel copy waits on its slowest thread and the figures scatter)",
     )
     args = parser.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch reports no CUDA device")
+    if args.threads < 0:
+        parser.error("--threads: expected 0 (torch's choice) or a positive count")
     if min(args.copy_blocks) < 1:
         parser.error("--copy-blocks: batch sizes must be >= 1")
     return args
@@ -225,10 +234,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
+    threads = torch.get_num_threads()
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
-    rows, store = run(args)
-    print(report(rows, store, args))
+    try:
+        rows, store = run(args)
+        print(report(rows, store, args))
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside a larger process (tests)
     return 0
 
 
