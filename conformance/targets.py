@@ -9,7 +9,8 @@ Loading a target by name
     allocator, ``"vllm"`` is upstream vLLM's ``BlockPool`` through
     ``conformance.vllm_target:vllm_pool_factory`` (imported only when asked for, since it
     needs vLLM installed), and ``"module.path:attr"`` is any importable factory (``attr`` may
-    be dotted, e.g. ``"mypkg.pools:Factories.strict"``).
+    be dotted, e.g. ``"mypkg.pools:Factories.strict"``). ``"mutant:NAME"`` is a mutant of the
+    zoo, to see what a failure report looks like.
 
 Unsupported operations
     A target may lack an operation of the protocol (upstream has no ``fork_block``). Its
@@ -165,6 +166,15 @@ def load_factory(target: str) -> PoolFactory:
         raise TargetSpecError(
             f"--target {target!r}: expected 'impl', 'vllm' or 'module.path:factory'"
         )
+    if target.startswith("mutant:"):
+        from conformance.mutants import MUTANTS  # the zoo imports this module
+
+        name = target.removeprefix("mutant:")
+        if name not in MUTANTS:
+            raise TargetSpecError(
+                f"--target {target!r}: no mutant {name!r}; see kvspec mutants --list"
+            )
+        return MUTANTS[name].factory
     spec = BUILTIN_TARGETS.get(target.strip(), target.strip())
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path or ":" in attr_path:
