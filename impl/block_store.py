@@ -15,7 +15,8 @@ Layout decision
     layer. Each per-layer slice ``kv[layer]`` *is* vLLM's layout, so nothing is lost; what is
     gained is that a block id selects the same ``2 * num_layers`` planes everywhere, so
     ``copy_blocks`` is one indexed copy across every layer's K and V, with no Python loop
-    over layers or blocks, and a single allocation holds the whole cache. The cost is one
+    over layers or blocks (on CPU it is staged in cache-sized chunks of many blocks, see
+    ``_copy_rows_staged``), and a single allocation holds the whole cache. The cost is one
     allocation of the whole cache instead of per-layer tensors a framework can place
     separately; a reference store does not need that freedom.
 
