@@ -244,6 +244,23 @@ def make_pool_machine(
             t = self.tables.pop(index % len(self.tables))
             self.do("free", "free_blocks", block_ids=list(reversed(t.blocks)))
 
+        @precondition(lambda self: len(self.tables) >= 2)
+        @rule(first=st.integers(0, 7), second=st.integers(0, 7))
+        def free_two(self, first: int, second: int) -> None:
+            """Two requests finish in one call: a block they share is listed twice.
+
+            Legal, since each listing drops one of its references; the block becomes free
+            at its last listing and is queued once, there. An allocator that decrements
+            everything first and then queues "every listed block now at 0" queues it twice.
+            """
+            i, j = first % len(self.tables), second % len(self.tables)
+            if i == j:
+                return
+            a, b = self.tables[i], self.tables[j]
+            self.tables = [t for k, t in enumerate(self.tables) if k not in (i, j)]
+            ids = list(reversed(a.blocks)) + list(reversed(b.blocks))
+            self.do("free_two", "free_blocks", block_ids=ids)
+
         @precondition(has_tables)
         @rule(index=st.integers(0, 7))
         def free_tail(self, index: int) -> None:
