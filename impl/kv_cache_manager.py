@@ -51,16 +51,23 @@ class PrefixCacheStats:
     next step, and counting every attempt would inflate both queries and hits.
 
     ``queries`` sums the looked-up requests' token counts, ``hits`` the computed tokens
-    they actually adopted. ``reset`` records that the prefix cache was reset.
+    they actually adopted. A request readmitted after preemption
+    (``request.num_preemptions > 0``) is counted in the ``preempted_`` fields instead:
+    its hits are mostly its own blocks coming back, which says little about how well
+    the cache serves new traffic. ``reset`` records that the prefix cache was reset.
     """
 
     requests: int = 0
     queries: int = 0
     hits: int = 0
+    preempted_requests: int = 0
+    preempted_queries: int = 0
+    preempted_hits: int = 0
     reset: bool = False
 
     @property
     def hit_rate(self) -> float:
+        """Hits over queries of first admissions (0.0 before any)."""
         return self.hits / self.queries if self.queries else 0.0
 
 
@@ -186,7 +193,8 @@ class KVCacheManager:
 
         if self.enable_caching:
             self.cache_blocks(request, num_tokens_to_cache)
-        self._record_admission(req_id, num_new_computed_tokens)
+        self._record_admission(req_id, num_new_computed_tokens,
+                               preempted=request.num_preemptions > 0)
         return new_blocks
 
     def cache_blocks(self, request: Request, num_tokens: int) -> None:
@@ -296,10 +304,15 @@ class KVCacheManager:
         """A snapshot of the hit statistics, or None when built with ``log_stats=False``."""
         return replace(self._stats) if self.log_stats else None
 
-    def _record_admission(self, req_id: str, num_hits: int) -> None:
+    def _record_admission(self, req_id: str, num_hits: int, *, preempted: bool = False) -> None:
         num_queried = self._pending_lookups.pop(req_id, None)
         if num_queried is None or not self.log_stats:
             return
-        self._stats.requests += 1
-        self._stats.queries += num_queried
-        self._stats.hits += num_hits
+        if preempted:
+            self._stats.preempted_requests += 1
+            self._stats.preempted_queries += num_queried
+            self._stats.preempted_hits += num_hits
+        else:
+            self._stats.requests += 1
+            self._stats.queries += num_queried
+            self._stats.hits += num_hits

@@ -76,6 +76,8 @@ class Request:
                 )
         self.num_computed_tokens = 0
         """Tokens whose KV is written; set by the scheduler, read by ``allocate_slots``."""
+        self.num_preemptions = 0
+        """Times the scheduler preempted this request; splits the prefix-cache statistics."""
         self.block_hashes: list[bytes] = []
         self._block_hasher = block_hasher
         self.update_block_hashes()

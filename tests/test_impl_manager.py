@@ -392,6 +392,19 @@ def test_stats_counted_once_per_admitted_request(profile):
     assert r.hit_rate == 12 / 28
 
 
+def test_stats_keep_readmissions_after_preemption_apart():
+    m = KVCacheManager(8, 4)
+    r = req(m, "r", range(9))
+    admit(m, r)
+    m.free(r)  # preempted: the scheduler frees it and will run it again from scratch
+    r.num_computed_tokens = 0
+    r.num_preemptions += 1
+    admit(m, r)  # its own blocks come back as hits
+    s = m.get_prefix_cache_stats()
+    assert (s.requests, s.queries, s.hits) == (1, 9, 0)
+    assert (s.preempted_requests, s.preempted_queries, s.preempted_hits) == (1, 9, 8)
+
+
 def test_stats_off():
     m = KVCacheManager(5, 4, log_stats=False)
     admit(m, req(m, "a", range(4)))
@@ -431,7 +444,8 @@ def test_random_scheduling_keeps_invariants(profile, data):
     requests: dict[str, Request] = {}
     waiting: list[Request] = []
     running: list[Request] = []
-    admitted = hit_tokens = queried = 0
+    first = [0, 0, 0]  # requests, queries, hits of first admissions
+    again = [0, 0, 0]  # ... of readmissions after preemption
     for step in range(data.draw(st.integers(1, 25))):
         op = data.draw(st.sampled_from(["new", "schedule", "step", "finish", "preempt",
                                         "reset"]))
@@ -450,7 +464,8 @@ def test_random_scheduling_keeps_invariants(profile, data):
             if m.allocate_slots(r, chunk, n, hits) is not None:
                 r.num_computed_tokens = n + chunk
                 running.append(waiting.pop(0))
-                admitted, hit_tokens, queried = admitted + 1, hit_tokens + n, queried + r.num_tokens
+                bucket = again if r.num_preemptions else first
+                bucket[:] = [bucket[0] + 1, bucket[1] + r.num_tokens, bucket[2] + n]
         elif op == "step" and running:
             r = data.draw(st.sampled_from(running))
             if r.num_computed_tokens == r.num_tokens:
@@ -464,9 +479,11 @@ def test_random_scheduling_keeps_invariants(profile, data):
             m.free(r)
             if op == "preempt":
                 r.num_computed_tokens = 0
+                r.num_preemptions += 1
                 waiting.insert(0, r)
         elif op == "reset":
             assert m.reset_prefix_cache() == (not running)
         check_invariants(m, requests)
     stats = m.get_prefix_cache_stats()
-    assert (stats.requests, stats.hits, stats.queries) == (admitted, hit_tokens, queried)
+    assert [stats.requests, stats.queries, stats.hits] == first
+    assert [stats.preempted_requests, stats.preempted_queries, stats.preempted_hits] == again
