@@ -194,3 +194,18 @@ def test_upstream_asserts_when_a_hashed_block_is_cached_again() -> None:
         pool.cache_block(block, b"y")
     assert pool.block_hash(block) == b"x"
     assert pool.get_cached_block(b"y") is None
+
+
+# ------------------------------------------------------------------ the upstream benchmark
+
+
+def test_the_benchmark_replays_one_trace_on_both_pools_and_prints_the_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import upstream
+
+    assert upstream.main(["--ops", "400", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "trace: 400 pool operations" in out
+    assert "vLLM 0.33.0 BlockPool" in out
+    assert "ratio impl / upstream:" in out
