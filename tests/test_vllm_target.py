@@ -196,6 +196,26 @@ def test_upstream_asserts_when_a_hashed_block_is_cached_again() -> None:
     assert pool.get_cached_block(b"y") is None
 
 
+def test_upstream_queues_a_block_freed_twice_in_one_call_at_ref_cnt_minus_one() -> None:
+    pool = vllm_pool_factory(4)
+    [block] = held_request(pool, [b"x"])
+    pool.free_blocks([block, block])
+    assert pool.ref_cnt(block) == -1
+    assert pool.free_block_ids() == [2, 3, block]  # hashed: at the tail
+
+
+def test_upstream_caches_with_caching_off_and_reuse_keeps_the_stale_hash() -> None:
+    pool = vllm_pool_factory(3, enable_caching=False)
+    [block] = pool.get_new_blocks(1)
+    pool.cache_block(block, b"x")
+    assert pool.get_cached_block(b"x") == block
+    pool.free_blocks([block])
+    assert pool.free_block_ids() == [block, 2]  # caching off: to the front
+    assert pool.get_new_blocks(1) == [block]
+    assert pool.block_hash(block) == b"x"  # not evicted on reuse
+    assert pool.get_cached_block(b"x") == block
+
+
 # ------------------------------------------------------------------ the upstream benchmark
 
 
