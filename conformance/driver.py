@@ -306,7 +306,15 @@ class PoolDriver:
             "refuses-bad-input",
             f"{step.describe()} must be refused ({refusal.reason}: {refusal.message}), "
             "but the target accepted it",
+            target_view=self._view_after_accepting(),
         )
+
+    def _view_after_accepting(self) -> dict[str, Any]:
+        """What the target looks like after accepting bad input (it may be too broken to say)."""
+        try:
+            return _view(self.observe_target())
+        except Exception as exc:  # noqa: BLE001 - a broken target is itself the finding
+            return {"observation failed": f"{type(exc).__name__}: {exc}"}
 
     def _compare_result(self, step: Step, spec_result: Any, target_result: Any) -> None:
         if step.op == "get_new_blocks":
