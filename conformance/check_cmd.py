@@ -16,9 +16,13 @@ from conformance.runner import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES, Chec
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", default="impl",
-        help="impl (default), vllm, or module.path:factory building a PoolTarget",
+        help="impl (default), vllm, or module.path:factory building a PoolTarget or a "
+        "ManagerTarget",
     )
-    parser.add_argument("--level", choices=["pool"], default="pool", help="which machine to run")
+    parser.add_argument(
+        "--level", choices=["pool", "manager", "all"], default="all",
+        help="which machine to run (default all: pool, then manager where the target has one)",
+    )
     parser.add_argument("--profile", choices=["current", "classic"], default="current")
     parser.add_argument(
         "--mode", choices=["strict", "abstract"], default="strict",
@@ -55,18 +59,57 @@ def print_summary(result: CheckResult) -> None:
     print("  invariants: " + ", ".join(f"{k} {v}" for k, v in s.invariant_checks.items()))
 
 
+def levels_to_run(target: str, level: str) -> tuple[list[str], list[str]]:
+    """The levels ``kvspec check`` runs for ``target``, and notes on any it leaves out.
+
+    ``all`` means every level the target has: both for ``impl``, the pool level for
+    ``vllm`` (no manager adapter), and for ``module:factory`` the one level its factory
+    implements (:func:`conformance.manager_targets.factory_level`).
+    """
+    from conformance.manager_targets import BUILTIN_MANAGER_TARGETS, factory_level
+    from conformance.targets import BUILTIN_TARGETS, load_factory
+
+    if level != "all":
+        return [level], []
+    name = target.strip()
+    if name in BUILTIN_TARGETS or name in BUILTIN_MANAGER_TARGETS:
+        levels = [lv for lv, names in (("pool", BUILTIN_TARGETS),
+                                       ("manager", BUILTIN_MANAGER_TARGETS)) if name in names]
+        notes = [] if "manager" in levels else [f"manager level: no adapter for {name!r}"]
+        return levels, notes
+    return [factory_level(load_factory(name))], []
+
+
 def run(args: argparse.Namespace) -> int:
+    levels, notes = levels_to_run(args.target, args.level)
+    if args.level == "manager" and args.mode != "strict":
+        print("kvspec check: the manager level runs in strict mode only")
+        return 2
+    if "manager" in levels and args.mode != "strict":
+        notes.append("the manager level runs in strict mode only")
+    for note in notes:
+        print(f"note: {note}")
+    status = 0
+    for level in levels:
+        status = max(status, run_level(args, level))
+    return status
+
+
+def run_level(args: argparse.Namespace, level: str) -> int:
+    """Check one level; print its summary and, on failure, the report. Exit status."""
+    from conformance.manager_targets import load_manager_factory
     from conformance.report import format_failure, write_failure
     from conformance.runner import run_check
     from conformance.targets import load_factory
 
-    factory = load_factory(args.target)
+    manager = level == "manager"
+    factory = load_manager_factory(args.target) if manager else load_factory(args.target)
     result = run_check(
         factory,
         target_name=args.target,
-        level=args.level,
+        level=level,
         profile=args.profile,
-        mode=args.mode,
+        mode="strict" if manager else args.mode,
         settings_name=args.settings,
         max_examples=args.max_examples,
         steps=args.steps,

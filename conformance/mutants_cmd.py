@@ -16,7 +16,7 @@ from conformance.runner import SETTINGS_PROFILES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
-    parser.add_argument("--level", choices=["pool", "all"], default="all")
+    parser.add_argument("--level", choices=["pool", "manager", "all"], default="all")
     parser.add_argument("--settings", choices=list(SETTINGS_PROFILES), default="ci")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0: reproducible)")
     parser.add_argument("--list", action="store_true", help="list the zoo and exit")
@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.list:
         for n in chosen:
-            print(f"  {n:<28} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
+            print(f"  {n:<32} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
         return 0
-    header = f"{'mutant':<28} {'level':<7} {'caught':<6} {'caught by':<26} "
+    header = f"{'mutant':<32} {'level':<7} {'caught':<6} {'caught by':<26} "
     header += f"{'examples':>8} {'seconds':>8} {'shrunk':>6}"
     print(header)
     print("-" * len(header))
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         row = run_mutant(n, args.settings, args.seed)
         rows.append(row)
         print(
-            f"{row.name:<28} {row.level:<7} {'yes' if row.caught else 'NO':<6} "
+            f"{row.name:<32} {row.level:<7} {'yes' if row.caught else 'NO':<6} "
             f"{row.caught_by:<26} {row.examples or '-':>8} {row.seconds:>8.2f} "
             f"{row.shrunk_length if row.shrunk_length is not None else '-':>6}",
             flush=True,

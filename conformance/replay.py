@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from conformance.driver import Divergence, PoolConfig, replay_steps
+from conformance.manager_driver import ManagerConfig
+from conformance.manager_driver import replay_steps as replay_manager_steps
+from conformance.manager_targets import load_manager_factory
 from conformance.protocol import PoolTarget
 from conformance.targets import load_factory
 from conformance.trace import Trace
@@ -34,12 +38,27 @@ def replay_trace(
     mode: str | None = None,
 ) -> ReplayResult:
     """Run every step of ``trace`` on the spec and ``target`` in lockstep."""
+    if trace.level == "manager":
+        return _replay_manager_trace(trace, target, mode=mode)
     if trace.level != "pool":
-        raise ValueError(f"this kvspec replays pool-level traces, not {trace.level!r}")
+        raise ValueError(f"this kvspec replays pool and manager traces, not {trace.level!r}")
     factory = load_factory(target) if isinstance(target, str) else target
     config = PoolConfig.from_json({**trace.config, **({"mode": mode} if mode else {})})
     try:
         driver = replay_steps(factory, config, trace.steps)
+    except Divergence as failure:
+        return ReplayResult(False, failure.step_index, failure)
+    return ReplayResult(True, len(driver.steps))
+
+
+def _replay_manager_trace(
+    trace: Trace, target: str | Callable[..., Any], *, mode: str | None = None
+) -> ReplayResult:
+    """A manager-level trace: ``target`` names (or is) a manager factory."""
+    factory = load_manager_factory(target) if isinstance(target, str) else target
+    config = ManagerConfig.from_json({**trace.config, **({"mode": mode} if mode else {})})
+    try:
+        driver = replay_manager_steps(factory, config, trace.steps)
     except Divergence as failure:
         return ReplayResult(False, failure.step_index, failure)
     return ReplayResult(True, len(driver.steps))

@@ -23,9 +23,12 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test
 
 from conformance.driver import Divergence
+from conformance.manager_machine import make_manager_machine
 from conformance.pool_machine import RunStats, make_pool_machine
 from conformance.protocol import PoolTarget
 
+LEVELS = ("pool", "manager")
+"""The machines ``run_check`` can run; ``kvspec check --level all`` runs them in order."""
 SETTINGS_ENV = "KVSPEC_SETTINGS"
 DEFAULT_DB = Path(".kvspec") / "examples"
 
@@ -145,8 +148,10 @@ def run_check(
     bad_input: bool = True,
 ) -> CheckResult:
     """Drive ``factory``'s targets against the spec; the result holds the shrunk failure."""
-    if level != "pool":
-        raise ValueError(f"unknown level {level!r}; expected 'pool'")
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+    if level == "manager" and mode != "strict":
+        raise ValueError(f"the manager level runs in strict mode only, not {mode!r}")
     chosen = settings_profile(settings_name)
     stats = RunStats()
     failures: list[Divergence] = []
@@ -159,16 +164,26 @@ def run_check(
         failures.append(failure)
 
     unsupported = frozenset(getattr(factory, "unsupported", frozenset()))
-    machine = make_pool_machine(
-        factory,
-        profile=profile,
-        mode=mode,
-        bad_input=bad_input,
-        unsupported=unsupported,
-        stats=stats,
-        on_failure=on_failure,
-        on_step=display.tick,
-    )
+    if level == "manager":
+        machine = make_manager_machine(
+            factory,
+            profile=profile,
+            bad_input=bad_input,
+            stats=stats,
+            on_failure=on_failure,
+            on_step=display.tick,
+        )
+    else:
+        machine = make_pool_machine(
+            factory,
+            profile=profile,
+            mode=mode,
+            bad_input=bad_input,
+            unsupported=unsupported,
+            stats=stats,
+            on_failure=on_failure,
+            on_step=display.tick,
+        )
     start = time.perf_counter()
     failure: Divergence | None = None
     try:

@@ -24,6 +24,15 @@ Pool-level operations and their ``args`` (the target protocol's names):
 ``cache_block{block_id, block_hash, parent?}``, ``get_cached_block{block_hash}``,
 ``reset_prefix_cache{}``, ``fork_block{block_id}``. Hashes are hex strings. Block ids
 are concrete: the ids the spec hands out in strict mode.
+
+Manager-level operations (``"level": "manager"``, :mod:`conformance.manager_protocol`;
+config ``num_blocks, block_size, enable_caching, profile, compare_hashes``):
+``add_request{request_id, prompt_token_ids, lora_name?, cache_salt?}``,
+``append_output_tokens{request_id, token_ids}``,
+``set_num_computed_tokens{request_id, num_computed_tokens}``,
+``get_computed_blocks{request_id}``, ``allocate_slots{request_id, num_new_tokens,
+num_new_computed_tokens?, new_computed_blocks?, num_lookahead_tokens?}``,
+``free{request_id}``, ``preempt{request_id}``, ``reset_prefix_cache{}``.
 """
 
 from __future__ import annotations
@@ -44,6 +53,23 @@ POOL_OPS: dict[str, tuple[str, ...]] = {
     "get_cached_block": ("block_hash",),
     "reset_prefix_cache": (),
     "fork_block": ("block_id",),
+}
+
+MANAGER_OPS: dict[str, tuple[str, ...]] = {
+    "add_request": ("request_id", "prompt_token_ids", "lora_name", "cache_salt"),
+    "append_output_tokens": ("request_id", "token_ids"),
+    "set_num_computed_tokens": ("request_id", "num_computed_tokens"),
+    "get_computed_blocks": ("request_id",),
+    "allocate_slots": (
+        "request_id",
+        "num_new_tokens",
+        "num_new_computed_tokens",
+        "new_computed_blocks",
+        "num_lookahead_tokens",
+    ),
+    "free": ("request_id",),
+    "preempt": ("request_id",),
+    "reset_prefix_cache": (),
 }
 
 _HASH_ARGS = ("block_hash", "parent")
@@ -136,7 +162,7 @@ class Trace:
 
 
 # Levels register their operation tables here (the manager level adds its own).
-LEVEL_OPS: dict[str, dict[str, tuple[str, ...]]] = {"pool": POOL_OPS}
+LEVEL_OPS: dict[str, dict[str, tuple[str, ...]]] = {"pool": POOL_OPS, "manager": MANAGER_OPS}
 
 
 def _ops_for_level(level: str) -> dict[str, tuple[str, ...]]:

@@ -65,3 +65,9 @@ def register(mutants: list[Mutant]) -> None:
         if m.name in MUTANTS:
             raise ValueError(f"mutant {m.name!r} is registered twice")
         MUTANTS[m.name] = m
+
+# The manager level's mutants (conformance/mutants/manager.py) build their Mutant records
+# from the class above, so they join the zoo once it exists.
+from conformance.mutants.manager import MANAGER_MUTANTS  # noqa: E402
+
+register(MANAGER_MUTANTS)

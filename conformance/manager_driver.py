@@ -1,0 +1,635 @@
+"""Drive the spec's KV-cache manager and a target manager in lockstep, one step at a time.
+
+The request-level twin of :class:`conformance.driver.PoolDriver`: the Hypothesis machine
+(:mod:`conformance.manager_machine`) decides *which* step to take, and this driver takes
+it on both sides and judges it, so ``kvspec replay`` judges a trace exactly as it was
+judged when found.
+
+The driver is also the scheduler's memory. It keeps each request's tokens (a spec
+:class:`~spec.request.Request`), which requests are running, the admissions it made (the
+ledger the statistics must match) and the *true content* of every block it caused to be
+written (:func:`spec.manager_invariants.note_allocation`). A stale or colliding hash then
+shows up as a hit whose recorded content differs from the request's prefix
+(``hit-content``), whatever hash function the target uses.
+
+After each step, in this order:
+
+1. the target refused exactly when the spec refused, and a refusal (or an
+   ``allocate_slots`` that returned ``None``) changed no observation of the target;
+2. ``allocate_slots`` succeeded on both sides or on neither;
+3. every pool invariant (:mod:`spec.invariants`) and every manager invariant
+   (:mod:`spec.manager_invariants`) holds on the target's observations, then on the
+   spec's own state (``spec:NAME`` should that ever fail);
+4. return values agree (hit ids and length, new block ids, reset result);
+5. every observation agrees: ref counts, block hashes, free queue, free count, usage,
+   each request's table and block hashes, the statistics.
+
+Invariants come before the value comparisons so that a bug is reported by the rule it
+breaks (``hit-cap``, ``no-double-allocation``...) when one does. Only ``strict`` mode
+exists at this level: the target must make exactly the spec's choices.
+
+Hash bytes are compared too, unless the config says ``compare_hashes=False`` (a target
+whose factory sets ``opaque_hashes = True`` because it hashes blocks another way). Then
+the content record alone judges every key, and ``eviction-order`` reads the parent
+structure from the target's own hash chains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.driver import Divergence
+from conformance.manager_protocol import STATS_FIELDS, ManagerTarget
+from conformance.trace import Step, Trace
+from spec import manager as sm
+from spec import manager_invariants as mi
+from spec.errors import Refused
+from spec.hashing import LoRARequest
+from spec.invariants import INVARIANTS, PoolSnapshot
+from spec.invariants import check_all as check_pool
+from spec.invariants import snapshot as pool_snapshot
+from spec.profiles import get_profile
+from spec.request import Request
+
+MODES = ("strict",)
+USAGE_TOLERANCE = 1e-9
+
+# Refusal reasons the driver adds for the scheduler's side of the protocol.
+UNKNOWN_REQUEST = "unknown-request"
+DUPLICATE_REQUEST = "duplicate-request"
+COMPUTED_OUT_OF_RANGE = "computed-out-of-range"
+
+#: The pool invariant that judges blocks handed out (see :func:`_with_allocated`).
+ALLOCATION_INVARIANT = "no-double-allocation"
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    num_blocks: int
+    block_size: int
+    enable_caching: bool = True
+    profile: str = "current"
+    mode: str = "strict"
+    compare_hashes: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ManagerConfig:
+        return cls(
+            num_blocks=int(data["num_blocks"]),
+            block_size=int(data["block_size"]),
+            enable_caching=bool(data.get("enable_caching", True)),
+            profile=str(data.get("profile", "current")),
+            mode=str(data.get("mode", "strict")),
+            compare_hashes=bool(data.get("compare_hashes", True)),
+        )
+
+
+class ManagerDivergence(Divergence):
+    """A request-level disagreement; its trace is a ``manager`` level trace."""
+
+    def trace(self) -> Trace:
+        return Trace(
+            level="manager",
+            config=self.config.to_json(),
+            steps=list(self.steps),
+            note=f"caught by {self.caught_by}: {self.message}",
+        )
+
+
+@dataclass
+class Observation:
+    """Everything the manager protocol lets us see, plus the request ids it was read for."""
+
+    pool: PoolSnapshot
+    tables: dict[str, tuple[int, ...]]
+    hashes: dict[str, tuple[bytes, ...]]
+    stats: tuple[int, ...] | None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "ref_cnt": list(self.pool.ref_cnt),
+            "block_hash": [_short(h) for h in self.pool.block_hash],
+            "free_queue": list(self.pool.free_queue),
+            "num_free_blocks": self.pool.num_free_blocks,
+            "usage": round(self.pool.usage, 6),
+            "tables": {r: list(t) for r, t in self.tables.items() if t},
+            "stats": None if self.stats is None else dict(zip(STATS_FIELDS, self.stats,
+                                                              strict=False)),
+        }
+
+
+def _short(h: bytes | None) -> str | None:
+    return None if h is None else h.hex()[:8]
+
+
+def _differences(a: Observation, b: Observation, *, compare_hashes: bool = True) -> list[str]:
+    """Observation names on which two observations disagree (simplest first).
+
+    ``compare_hashes=False`` leaves hash bytes out (a target that hashes another way).
+    """
+    out: list[str] = []
+    if a.pool.ref_cnt != b.pool.ref_cnt:
+        out.append("ref_cnt")
+    if compare_hashes and a.pool.block_hash != b.pool.block_hash:
+        out.append("block_hash")
+    if a.pool.num_free_blocks != b.pool.num_free_blocks:
+        out.append("num_free_blocks")
+    if abs(a.pool.usage - b.pool.usage) > USAGE_TOLERANCE:
+        out.append("usage")
+    if a.pool.free_queue != b.pool.free_queue:
+        out.append("free_queue")
+    if a.tables != b.tables:
+        out.append("block_ids")
+    if compare_hashes and a.hashes != b.hashes:
+        out.append("request_block_hashes")
+    if a.stats is not None and b.stats is not None and a.stats != b.stats:
+        out.append("prefix_cache_stats")
+    return out
+
+
+def _describe_difference(what: str, spec: Observation, target: Observation) -> str:
+    if what in ("block_ids", "request_block_hashes"):
+        s, t = (spec.tables, target.tables) if what == "block_ids" else (spec.hashes,
+                                                                        target.hashes)
+        for rid in s:
+            if s[rid] != t.get(rid):
+                show = (lambda v: list(v)) if what == "block_ids" else (
+                    lambda v: [_short(h) for h in v])
+                return (f"{what} of request {rid!r} differ: spec {show(s[rid])}, "
+                        f"target {show(t.get(rid, ()))}")
+    if what == "prefix_cache_stats":
+        return f"prefix_cache_stats differ: spec {spec.stats}, target {target.stats}"
+    if what == "block_hash":
+        return (f"block_hash differs: spec {[_short(h) for h in spec.pool.block_hash]}, "
+                f"target {[_short(h) for h in target.pool.block_hash]}")
+    return (f"{what} differs: spec {getattr(spec.pool, what)!r}, "
+            f"target {getattr(target.pool, what)!r}")
+
+
+@dataclass
+class Outcome:
+    """What one step did: the spec's result, or the refusal both sides agreed on."""
+
+    result: Any = None
+    refused: Refused | None = None
+
+
+@dataclass
+class _StepFacts:
+    """What the driver learned from one step, for the invariants of this step."""
+
+    target_hits: tuple[mi.HitView, ...] = ()
+    spec_hits: tuple[mi.HitView, ...] = ()
+    allocated: dict[int, int] = field(default_factory=dict)
+
+
+class ManagerDriver:
+    """Runs manager steps on the spec and a target together and judges every one."""
+
+    def __init__(
+        self,
+        factory: Callable[..., ManagerTarget],
+        config: ManagerConfig,
+        *,
+        on_check: Callable[[str], None] | None = None,
+    ) -> None:
+        if config.mode not in MODES:
+            raise ValueError(
+                f"the manager level runs in strict mode only, not {config.mode!r}"
+            )
+        self.config = config
+        self.profile = get_profile(config.profile)
+        self.spec = sm.init_manager(
+            config.num_blocks, config.block_size, enable_caching=config.enable_caching,
+            profile=self.profile,
+        )
+        self.target = factory(
+            config.num_blocks, config.block_size, enable_caching=config.enable_caching,
+            profile=config.profile,
+        )
+        self.on_check = on_check
+        self.steps: list[Step] = []
+        self.requests: dict[str, Request] = {}
+        self.running: set[str] = set()
+        self.contents: dict[int, mi.BlockContent] = {}
+        self.admissions: list[mi.Admission] = []
+        self.last_target_view: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def fail(self, caught_by: str, message: str, **views: Any) -> ManagerDivergence:
+        return ManagerDivergence(
+            caught_by=caught_by,
+            message=message,
+            step_index=len(self.steps),
+            steps=list(self.steps),
+            config=self.config,  # type: ignore[arg-type]
+            spec_view=views.get("spec_view", self.observe_spec().view()),
+            target_view=views.get("target_view", self.last_target_view),
+        )
+
+    def request(self, request_id: str, op: str) -> Request:
+        """The spec's record of a request; a step naming an unknown id is refused."""
+        try:
+            return self.requests[request_id]
+        except KeyError:
+            raise Refused(
+                UNKNOWN_REQUEST, f"{op}: request {request_id!r} was never added"
+            ) from None
+
+    def observe_target(self) -> Observation:
+        t, n = self.target, self.config.num_blocks
+        stats = t.get_prefix_cache_stats()
+        hashes = {r: tuple(bytes(h) for h in t.request_block_hashes(r)) for r in self.requests}
+        pool = PoolSnapshot(
+            num_blocks=n,
+            enable_caching=self.config.enable_caching,
+            count_null_refs=self.profile.count_null_refs,
+            ref_cnt=tuple(t.ref_cnt(b) for b in range(n)),
+            block_hash=tuple(t.block_hash(b) for b in range(n)),
+            free_queue=tuple(t.free_block_ids()),
+            num_free_blocks=t.get_num_free_blocks(),
+            usage=t.get_usage(),
+            index={},
+            index_complete=False,
+            parent_of=self.spec.pool.parent_of if self.config.compare_hashes
+            else _parents(hashes),
+        )
+        return Observation(
+            pool=pool,
+            tables={r: tuple(t.get_block_ids(r)) for r in self.requests},
+            hashes=hashes,
+            stats=None if stats is None else tuple(int(x) for x in stats),
+        )
+
+    def observe_spec(self, allocated: dict[int, int] | None = None) -> Observation:
+        return Observation(
+            pool=pool_snapshot(self.spec.pool, allocated),
+            tables={r: tuple(sm.get_block_ids(self.spec, r)) for r in self.requests},
+            hashes={r: tuple(req.block_hashes) for r, req in self.requests.items()},
+            stats=sm.prefix_cache_stats(self.spec).as_tuple(),
+        )
+
+    # ------------------------------------------------------------------ one step
+
+    def apply(self, step: Step) -> Outcome:
+        """Take ``step`` on both sides, then check everything. Raises ManagerDivergence."""
+        handler = getattr(self, f"_spec_{step.op}", None)
+        if handler is None:
+            raise ValueError(f"unknown manager operation {step.op!r}")
+        trial = self.spec.clone()
+        try:
+            effect = handler(trial, **step.args)
+        except Refused as refusal:
+            self.steps.append(step)
+            self._expect_refusal(step, refusal)
+            return Outcome(refused=refusal)
+        self.steps.append(step)
+
+        before = self.observe_target() if step.op == "allocate_slots" else None
+        try:
+            target_result = _call_target(self.target, step)
+        except Exception as exc:  # noqa: BLE001 - any exception is a refusal
+            spec_says = ("returns None (cannot schedule)" if step.op == "allocate_slots"
+                         and effect.result is None else "is legal")
+            raise self.fail(
+                "refused-legal-operation",
+                f"{step.describe()} {spec_says}, but the target raised "
+                f"{type(exc).__name__}: {exc}",
+            ) from None
+
+        self.spec = trial
+        facts = self._commit(step, effect, target_result, before)
+        self.check(facts)
+        self._compare_result(step, effect.result, target_result)
+        self.compare_observations(facts.allocated)
+        return Outcome(result=effect.result)
+
+    def _commit(
+        self, step: Step, effect: _Effect, target_result: Any, before: Observation | None
+    ) -> _StepFacts:
+        """Apply the driver's own bookkeeping for a step both sides accepted."""
+        effect.apply_to_requests()
+        facts = _StepFacts()
+        if step.op == "get_computed_blocks":
+            req = self.requests[step.args["request_id"]]
+            ids, num = _pair(target_result)
+            facts.target_hits = (mi.hit_view(req, ids, num),)
+            facts.spec_hits = (mi.hit_view(req, *effect.result),)
+        elif step.op == "allocate_slots":
+            self._commit_allocation(step, effect, target_result, before)
+            if target_result is not None and before is not None:
+                facts.allocated = {
+                    b: before.pool.ref_cnt[b] for b in target_result
+                    if 0 <= b < self.config.num_blocks
+                }
+        elif step.op in ("free", "preempt"):
+            self.running.discard(step.args["request_id"])
+        return facts
+
+    def _commit_allocation(
+        self, step: Step, effect: _Effect, target_result: Any, before: Observation | None
+    ) -> None:
+        args = step.args
+        rid = args["request_id"]
+        req = self.requests[rid]
+        if (effect.result is None) != (target_result is None):
+            raise self.fail(
+                "allocate-result",
+                f"{step.describe()}: spec returns {effect.result}, target {target_result}",
+            )
+        if target_result is None:
+            self._expect_unchanged(step, before, "cannot-schedule-changes-nothing")
+            return
+        num_computed_new = args.get("num_new_computed_tokens", 0)
+        if rid not in self.running and req.num_computed_tokens == 0 and \
+                self.config.enable_caching:
+            self.admissions.append(mi.Admission(
+                rid, req.num_tokens, num_computed_new, preempted=req.num_preemptions > 0
+            ))
+        self.running.add(rid)
+        written = req.num_computed_tokens + num_computed_new + args["num_new_tokens"]
+        mi.note_allocation(
+            self.contents, req, self.target.get_block_ids(rid), list(target_result),
+            len(args.get("new_computed_blocks", ())), min(written, req.num_tokens),
+        )
+
+    def _expect_unchanged(self, step: Step, before: Observation | None, name: str) -> None:
+        if before is None:
+            return
+        after = self.observe_target()
+        changed = _differences(before, after)
+        if changed:
+            raise self.fail(
+                name,
+                f"{step.describe()} changed {', '.join(changed)} "
+                f"({_describe_difference(changed[0], before, after)})",
+                target_view=after.view(),
+            )
+
+    def _expect_refusal(self, step: Step, refusal: Refused) -> None:
+        before = self.observe_target()
+        try:
+            _call_target(self.target, step)
+        except Exception:  # noqa: BLE001 - the expected outcome
+            self._expect_unchanged(step, before, "refusal-changes-nothing")
+            return
+        raise self.fail(
+            "refuses-bad-input",
+            f"{step.describe()} must be refused ({refusal.reason}: {refusal.message}), "
+            "but the target accepted it",
+        )
+
+    def _compare_result(self, step: Step, spec_result: Any, target_result: Any) -> None:
+        if step.op == "get_computed_blocks":
+            got = _pair(target_result)
+            want = (list(spec_result[0]), spec_result[1])
+            if got != want:
+                raise self.fail(
+                    "computed-blocks",
+                    f"{step.describe()}: spec finds {want[0]} ({want[1]} tokens), "
+                    f"target {got[0]} ({got[1]} tokens)",
+                )
+        elif step.op == "allocate_slots" and spec_result is not None:
+            if list(target_result) != list(spec_result):
+                raise self.fail(
+                    "allocate-result",
+                    f"{step.describe()}: spec hands out {spec_result}, "
+                    f"target {list(target_result)}",
+                )
+        elif step.op == "reset_prefix_cache" and bool(target_result) != bool(spec_result):
+            raise self.fail(
+                "reset-result",
+                f"reset_prefix_cache: spec returns {spec_result}, target {target_result}",
+            )
+
+    # ------------------------------------------------------------------ the spec's side
+
+    def _spec_add_request(
+        self, m: sm.ManagerState, request_id: str, prompt_token_ids: Sequence[int],
+        lora_name: str | None = None, cache_salt: str | None = None,
+    ) -> _Effect:
+        if request_id in self.requests:
+            raise Refused(DUPLICATE_REQUEST, f"add_request: {request_id!r} already exists")
+        req = Request(
+            request_id, tuple(prompt_token_ids), self.config.block_size, profile=self.profile,
+            lora=None if lora_name is None else LoRARequest(lora_name),
+            cache_salt=cache_salt,
+        )
+        return _Effect(then=lambda: self.requests.__setitem__(request_id, req))
+
+    def _spec_append_output_tokens(
+        self, m: sm.ManagerState, request_id: str, token_ids: Sequence[int]
+    ) -> _Effect:
+        req = self.request(request_id, "append_output_tokens")
+        return _Effect(then=lambda: req.append_output_token_ids(list(token_ids)))
+
+    def _spec_set_num_computed_tokens(
+        self, m: sm.ManagerState, request_id: str, num_computed_tokens: int
+    ) -> _Effect:
+        req = self.request(request_id, "set_num_computed_tokens")
+        if not 0 <= num_computed_tokens <= req.num_tokens:
+            raise Refused(
+                COMPUTED_OUT_OF_RANGE,
+                f"set_num_computed_tokens({request_id!r}): {num_computed_tokens}, expected "
+                f"0..{req.num_tokens}",
+            )
+        return _Effect(then=lambda: setattr(req, "num_computed_tokens", num_computed_tokens))
+
+    def _spec_get_computed_blocks(self, m: sm.ManagerState, request_id: str) -> _Effect:
+        req = self.request(request_id, "get_computed_blocks")
+        return _Effect(result=sm.get_computed_blocks(m, req))
+
+    def _spec_allocate_slots(
+        self, m: sm.ManagerState, request_id: str, num_new_tokens: int,
+        num_new_computed_tokens: int = 0, new_computed_blocks: Sequence[int] = (),
+        num_lookahead_tokens: int = 0,
+    ) -> _Effect:
+        req = self.request(request_id, "allocate_slots")
+        return _Effect(result=sm.allocate_slots(
+            m, req, num_new_tokens, num_new_computed_tokens, list(new_computed_blocks),
+            num_lookahead_tokens,
+        ))
+
+    def _spec_free(self, m: sm.ManagerState, request_id: str) -> _Effect:
+        self.request(request_id, "free")
+        sm.free(m, request_id)
+        return _Effect()
+
+    def _spec_preempt(self, m: sm.ManagerState, request_id: str) -> _Effect:
+        req = self.request(request_id, "preempt")
+        sm.free(m, request_id)
+
+        def reset() -> None:
+            req.num_computed_tokens = 0
+            req.num_preemptions += 1
+
+        return _Effect(then=reset)
+
+    def _spec_reset_prefix_cache(self, m: sm.ManagerState) -> _Effect:
+        return _Effect(result=sm.reset_prefix_cache(m))
+
+    # ------------------------------------------------------------------ checking
+
+    def _snapshots(
+        self, target: Observation, facts: _StepFacts
+    ) -> tuple[mi.ManagerSnapshot, mi.ManagerSnapshot]:
+        def views(tables: dict[str, tuple[int, ...]]) -> tuple[mi.RequestView, ...]:
+            return tuple(
+                mi.request_view(req, tables[rid]) for rid, req in self.requests.items()
+                if rid in self.running or tables[rid]
+            )
+
+        stats = None if target.stats is None else sm.PrefixCacheStats(*target.stats)
+        common = {
+            "block_size": self.config.block_size,
+            "num_blocks": self.config.num_blocks,
+            "block_content": self.contents,
+            "admissions": tuple(self.admissions),
+        }
+        spec_obs = self.observe_spec()
+        target_snap = mi.ManagerSnapshot(
+            ref_cnt=target.pool.ref_cnt, requests=views(target.tables),
+            hits=facts.target_hits, stats=stats, **common,
+        )
+        spec_snap = mi.ManagerSnapshot(
+            ref_cnt=spec_obs.pool.ref_cnt, requests=views(spec_obs.tables),
+            hits=facts.spec_hits, stats=sm.prefix_cache_stats(self.spec), **common,
+        )
+        return target_snap, spec_snap
+
+    def check(self, facts: _StepFacts | None = None) -> None:
+        """Every pool and manager invariant, on the target's observations and the spec's."""
+        facts = facts or _StepFacts()
+        target = self.observe_target()
+        self.last_target_view = target.view()
+        target_pools = _with_allocated(target.pool, facts.allocated, target.tables,
+                                       target.hashes)
+        for name, inv in INVARIANTS.items():
+            if self.on_check:
+                self.on_check(name)
+            broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
+            if broken:
+                raise self.fail(name, "target: " + "; ".join(broken))
+        target_snap, spec_snap = self._snapshots(target, facts)
+        for name, minv in mi.MANAGER_INVARIANTS.items():
+            if self.on_check:
+                self.on_check(name)
+            broken = minv.check(target_snap)
+            if broken:
+                raise self.fail(name, "target: " + "; ".join(broken))
+        spec_obs = self.observe_spec()
+        plain, masked = _with_allocated(spec_obs.pool, facts.allocated, spec_obs.tables,
+                                        spec_obs.hashes)
+        spec_broken = {
+            **check_pool(plain, [n for n in INVARIANTS if n != ALLOCATION_INVARIANT]),
+            **check_pool(masked, [ALLOCATION_INVARIANT]),
+            **mi.check_all(spec_snap),
+        }
+        if spec_broken:
+            name, msgs = next(iter(spec_broken.items()))
+            raise self.fail(f"spec:{name}", "the spec itself breaks it: " + "; ".join(msgs))
+
+    def compare_observations(self, allocated: dict[int, int] | None = None) -> None:
+        spec, target = self.observe_spec(allocated), self.observe_target()
+        for what in _differences(spec, target, compare_hashes=self.config.compare_hashes):
+            raise self.fail(what, _describe_difference(what, spec, target))
+
+
+@dataclass
+class _Effect:
+    """A spec step that passed its guards: its result, and the request updates to make
+    once the target has accepted the step too (the manager state is already a trial)."""
+
+    result: Any = None
+    then: Callable[[], None] | None = None
+
+    def apply_to_requests(self) -> None:
+        if self.then is not None:
+            self.then()
+
+
+def _parents(hashes: dict[str, tuple[bytes, ...]]) -> dict[bytes, bytes | None]:
+    """The hash chain structure of a target's own keys: each block hash -> its parent's."""
+    parent_of: dict[bytes, bytes | None] = {}
+    for chain in hashes.values():
+        for i, h in enumerate(chain):
+            parent_of.setdefault(h, chain[i - 1] if i else None)
+    return parent_of
+
+
+def _with_allocated(
+    pool: PoolSnapshot,
+    allocated: dict[int, int],
+    tables: dict[str, tuple[int, ...]],
+    hashes: dict[str, tuple[bytes, ...]],
+) -> tuple[PoolSnapshot, PoolSnapshot]:
+    """``pool`` with the blocks this step handed out: as is, and as ``no-double-allocation``
+    must see it.
+
+    At the pool level a block handed out must hold no hash. ``allocate_slots`` also
+    caches the blocks it fills in the same step, so here a new block may hold a hash,
+    but only its request's own hash for that table position: the second snapshot hides
+    that one from the invariant, and leaves any other hash (a stale one) for it to report.
+    """
+    pool = dataclasses.replace(pool, allocated=allocated)
+    if not allocated:
+        return pool, pool
+    own: set[int] = set()
+    for rid, table in tables.items():
+        for i, b in enumerate(table):
+            if b in allocated and i < len(hashes[rid]) and pool.block_hash[b] == hashes[rid][i]:
+                own.add(b)
+    block_hash = tuple(None if b in own else h for b, h in enumerate(pool.block_hash))
+    return pool, dataclasses.replace(pool, block_hash=block_hash)
+
+
+def _pair(result: Any) -> tuple[list[int], int]:
+    ids, num = result
+    return list(ids), int(num)
+
+
+def _call_target(target: ManagerTarget, step: Step) -> Any:
+    a = step.args
+    op = step.op
+    if op == "add_request":
+        return target.add_request(
+            a["request_id"], list(a["prompt_token_ids"]),
+            lora_name=a.get("lora_name"), cache_salt=a.get("cache_salt"),
+        )
+    if op == "append_output_tokens":
+        return target.append_output_tokens(a["request_id"], list(a["token_ids"]))
+    if op == "set_num_computed_tokens":
+        return target.set_num_computed_tokens(a["request_id"], a["num_computed_tokens"])
+    if op == "get_computed_blocks":
+        return target.get_computed_blocks(a["request_id"])
+    if op == "allocate_slots":
+        return target.allocate_slots(
+            a["request_id"], a["num_new_tokens"], a.get("num_new_computed_tokens", 0),
+            list(a.get("new_computed_blocks", ())), a.get("num_lookahead_tokens", 0),
+        )
+    if op == "free":
+        return target.free(a["request_id"])
+    if op == "preempt":
+        return target.preempt(a["request_id"])
+    if op == "reset_prefix_cache":
+        return target.reset_prefix_cache()
+    raise ValueError(f"unknown manager operation {op!r}")
+
+
+def replay_steps(
+    factory: Callable[..., ManagerTarget], config: ManagerConfig, steps: Sequence[Step]
+) -> ManagerDriver:
+    """Run ``steps`` through a fresh driver; raises ManagerDivergence at the first one."""
+    driver = ManagerDriver(factory, config)
+    driver.check()
+    driver.compare_observations()
+    for step in steps:
+        driver.apply(step)
+    return driver

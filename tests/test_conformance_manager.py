@@ -1,0 +1,149 @@
+"""The request-level conformance engine, used the way a user uses it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conformance.check_cmd import levels_to_run
+from conformance.manager_driver import ManagerConfig, ManagerDivergence, ManagerDriver, replay_steps
+from conformance.manager_targets import (
+    factory_level,
+    impl_manager_factory,
+    load_manager_factory,
+    manager_factory_for,
+)
+from conformance.mutants import MUTANTS
+from conformance.mutants.manager import HashIgnoresParent, NewBlocksBeforeTouch
+from conformance.mutants_cmd import run_mutant
+from conformance.replay import replay_trace
+from conformance.report import write_failure
+from conformance.runner import run_check
+from conformance.targets import TargetSpecError, impl_pool_factory
+from conformance.trace import Step, Trace
+
+QUICK = {"level": "manager", "max_examples": 60, "database": None, "progress": False,
+         "seed": 7}
+MANAGER_MUTANTS = [n for n, m in MUTANTS.items() if m.level == "manager"]
+
+
+def admit(rid: str, num_new_tokens: int, hits: list[int] | None = None,
+          block_size: int = 2) -> list[Step]:
+    """The steps a scheduler takes to admit a request with ``hits`` already looked up."""
+    hits = hits or []
+    return [
+        Step("get_computed_blocks", {"request_id": rid}),
+        Step("allocate_slots", {"request_id": rid, "num_new_tokens": num_new_tokens,
+                                "num_new_computed_tokens": len(hits) * block_size,
+                                "new_computed_blocks": hits}),
+        Step("set_num_computed_tokens", {"request_id": rid,
+                                         "num_computed_tokens": len(hits) * block_size
+                                         + num_new_tokens}),
+    ]
+
+
+@pytest.mark.parametrize("profile", ["current", "classic"])
+def test_impl_manager_conforms_to_the_spec(profile: str) -> None:
+    result = run_check(impl_manager_factory, profile=profile, **QUICK)
+    assert result.passed, result.failure
+    assert result.stats.steps > 1000
+    assert {"hit-content", "stats-match-hits", "eviction-order"} <= set(
+        result.stats.invariant_checks)
+    assert result.stats.rules["preempt"] > 0 and result.stats.rules["add_like"] > 0
+
+
+@pytest.mark.parametrize("name", MANAGER_MUTANTS)
+def test_every_manager_mutant_is_caught_under_the_ci_profile(name: str) -> None:
+    row = run_mutant(name, "ci", seed=0)
+    assert row.caught, f"mutant {name} survived the ci profile"
+    assert row.shrunk_length is not None and row.shrunk_length <= 20
+
+
+def test_a_hit_on_a_block_popped_as_new_is_reported_as_a_double_allocation() -> None:
+    """Two finished requests leave their blocks cached; a filler takes all free blocks but
+    two, so the older request's head block (a zero-ref hit) stands at the queue front."""
+    bad = manager_factory_for(NewBlocksBeforeTouch)
+    steps = [
+        Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}),
+        *admit("a", 3),
+        Step("free", {"request_id": "a"}),
+        Step("add_request", {"request_id": "b", "prompt_token_ids": [7, 8, 9]}),
+        *admit("b", 3),
+        Step("free", {"request_id": "b"}),
+        Step("add_request", {"request_id": "f", "prompt_token_ids": [30, 30, 30, 30]}),
+        *admit("f", 4),
+        Step("add_request", {"request_id": "c", "prompt_token_ids": [1, 2, 5, 6]}),
+        *admit("c", 2, hits=[1]),
+    ]
+    config = ManagerConfig(num_blocks=5, block_size=2)
+    driver = replay_steps(impl_manager_factory, config, steps)
+    assert driver.target.free_block_ids() == []
+    assert driver.target.get_block_ids("c") == [1, 2]  # the hit, then b's head, evicted
+    with pytest.raises(ManagerDivergence) as info:
+        replay_steps(bad, config, steps)
+    assert info.value.caught_by == "no-double-allocation"
+
+
+def test_a_hash_that_ignores_the_parent_is_caught_by_content_when_bytes_are_not_compared(
+) -> None:
+    """With ``compare_hashes=False`` (a target hashing its own way) the harness's record of
+    what each block holds still exposes a key shared by two different prefixes."""
+    steps = [
+        Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3, 4, 5]}),
+        *admit("a", 5),
+        # b's first block holds a's second block's tokens, after another prefix
+        Step("add_request", {"request_id": "b", "prompt_token_ids": [3, 4, 5]}),
+        Step("get_computed_blocks", {"request_id": "b"}),
+    ]
+    config = ManagerConfig(num_blocks=8, block_size=2, compare_hashes=False)
+    assert replay_steps(impl_manager_factory, config, steps).target.get_computed_blocks(
+        "b") == ([], 0)
+    with pytest.raises(ManagerDivergence) as info:
+        replay_steps(manager_factory_for(HashIgnoresParent), config, steps)
+    assert info.value.caught_by == "hit-content"
+    assert "expected 2 tokens ending (3, 4)" in info.value.message
+
+
+def test_refusals_must_change_nothing_and_unknown_requests_are_refused() -> None:
+    driver = ManagerDriver(impl_manager_factory, ManagerConfig(num_blocks=4, block_size=2))
+    driver.check()
+    out = driver.apply(Step("allocate_slots", {"request_id": "ghost", "num_new_tokens": 1}))
+    assert out.refused is not None and out.refused.reason == "unknown-request"
+    driver.apply(Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}))
+    out = driver.apply(Step("allocate_slots", {"request_id": "a", "num_new_tokens": 0}))
+    assert out.refused is not None and out.refused.reason == "zero-new-tokens"
+    out = driver.apply(Step("allocate_slots", {"request_id": "a", "num_new_tokens": 9}))
+    assert out.refused is None and out.result is None  # cannot schedule: 5 blocks > 3 free
+
+
+def test_a_failing_manager_run_writes_a_trace_that_replays_to_the_same_failure(
+    tmp_path,
+) -> None:
+    mutant = MUTANTS["stats-every-attempt"]
+    result = run_check(mutant.factory, target_name="mutant", level="manager",
+                       settings_name="ci", database=None, progress=False, seed=0)
+    assert result.failure is not None
+    # Written as for a user's own target "impl": once fixed, the pasted test passes.
+    trace_path, test_path = write_failure(result.failure, "impl", tmp_path)
+
+    trace = Trace.load(trace_path)
+    assert json.loads(trace_path.read_text())["level"] == "manager"
+    on_mutant = replay_trace(trace, mutant.factory)
+    assert not on_mutant.ok and on_mutant.divergence is not None
+    assert on_mutant.divergence.caught_by == result.failure.caught_by
+    assert replay_trace(trace, "impl").ok
+    namespace: dict = {}
+    exec(compile(test_path.read_text(), "regression", "exec"), namespace)
+    namespace["test_kvspec_regression"]()  # impl agrees with the spec on the trace
+
+
+def test_check_all_runs_both_levels_for_impl_and_one_for_a_users_factory() -> None:
+    assert levels_to_run("impl", "all") == (["pool", "manager"], [])
+    assert levels_to_run("conformance.targets:impl_pool_factory", "all") == (["pool"], [])
+    assert levels_to_run("conformance.manager_targets:impl_manager_factory", "all") == (
+        ["manager"], [])
+    assert factory_level(impl_pool_factory) == "pool"
+    assert factory_level(lambda num_blocks, block_size, **kw: None) == "manager"
+    with pytest.raises(TargetSpecError, match="builds pool targets"):
+        load_manager_factory("conformance.targets:impl_pool_factory")
