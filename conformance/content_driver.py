@@ -636,11 +636,15 @@ def replay_actions(
     *,
     store_cls: type[BlockStore] = BlockStore,
     unsupported: frozenset[str] = frozenset(),
+    skip: frozenset[str] = frozenset(),
     on_action: Callable[[ContentDriver], None] | None = None,
 ) -> ContentDriver:
     """Run ``steps`` through a fresh driver; raises ContentDivergence at the first failure.
-    ``on_action`` sees the driver after each action."""
-    driver = ContentDriver(factory, config, store_cls=store_cls, unsupported=unsupported)
+    ``skip`` switches named content checks off; ``on_action`` sees the driver after each
+    action."""
+    driver = ContentDriver(
+        factory, config, store_cls=store_cls, unsupported=unsupported, skip=skip
+    )
     driver.start()
     for step in steps:
         driver.run(step)
