@@ -34,6 +34,7 @@ Actions are the trace
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from conformance.content_values import (
 )
 from conformance.driver import Divergence, Outcome, PoolConfig, PoolDriver
 from conformance.protocol import PoolTarget
+from conformance.targets import TargetSpecError, load_factory, unsupported_operations
 from conformance.trace import LEVEL_OPS, Step, Trace
 from impl.block_store import BlockStore
 
@@ -126,6 +128,25 @@ class ContentConfig(PoolConfig):
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+def store_cls_for(factory: Callable[..., PoolTarget]) -> type[BlockStore]:
+    """The store a target pairs with its pool: ``factory.store`` (``"module.path:Class"``,
+    a ``BlockStore`` subclass) when the factory names one, else ``BlockStore``."""
+    path = getattr(factory, "store", None)
+    if path is None:
+        return BlockStore
+    module_name, sep, attr = str(path).partition(":")
+    if not sep or not module_name or not attr:
+        raise TargetSpecError(
+            f"{factory!r}: store {path!r}; expected 'module.path:Class' naming a BlockStore"
+        )
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, BlockStore)):
+        raise TargetSpecError(f"{factory!r}: store {path!r} is not a BlockStore subclass")
+    return obj
 
 
 # ------------------------------------------------------------------------------ requests
@@ -705,3 +726,43 @@ def _with_device(config: ContentConfig, device: str) -> ContentConfig:
     data = config.to_json()
     data["store"]["device"] = device
     return ContentConfig.from_json(data)
+
+
+def replay_content_trace(
+    trace: Trace,
+    target: str | Callable[..., PoolTarget] = "impl",
+    *,
+    mode: str | None = None,
+    device: str | None = None,
+) -> Any:
+    """Replay a ``content`` trace on ``target`` (a ``--target`` string or a factory) and its
+    store; ``mode`` and ``device`` override the recorded ones. Returns a
+    :class:`conformance.replay.ReplayResult`."""
+    from conformance.replay import ReplayResult
+
+    if trace.level != "content":
+        raise ValueError(f"replay_content_trace: a {trace.level!r} trace; expected 'content'")
+    if isinstance(target, str):
+        if target.startswith("mutant:"):
+            from conformance.mutants.store_zoo import ensure_registered
+
+            ensure_registered()
+        factory = load_factory(target)
+    else:
+        factory = target
+    data = dict(trace.config)
+    if mode:
+        data["mode"] = mode
+    if device:
+        data["store"] = {**data.get("store", {}), "device": device}
+    try:
+        driver = replay_actions(
+            factory,
+            ContentConfig.from_json(data),
+            trace.steps,
+            store_cls=store_cls_for(factory),
+            unsupported=unsupported_operations(factory),
+        )
+    except ContentDivergence as failure:
+        return ReplayResult(False, failure.step_index, failure)
+    return ReplayResult(True, len(driver.steps))

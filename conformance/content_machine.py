@@ -26,7 +26,6 @@ mutant of the zoo and returns its kill-matrix row.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from conformance.content_driver import (
     ContentDivergence,
     ContentDriver,
     dtype_name,
+    store_cls_for,
 )
 from conformance.driver import Divergence
 from conformance.mutants_cmd import KillRow
@@ -55,7 +55,7 @@ from conformance.runner import (
     run_machine,
     settings_profile,
 )
-from conformance.targets import TargetSpecError, impl_pool_factory, unsupported_operations
+from conformance.targets import impl_pool_factory, unsupported_operations
 from conformance.trace import Step
 from impl.block_store import BlockStore
 
@@ -63,25 +63,6 @@ TOKENS = (0, 1)
 MAX_PROMPT = 6
 MAX_REQUESTS = 5
 """Live requests at most: more only stalls everyone on a full pool."""
-
-
-def store_cls_for(factory: Callable[..., PoolTarget]) -> type[BlockStore]:
-    """The store a target pairs with its pool: ``factory.store`` (``"module.path:Class"``,
-    a ``BlockStore`` subclass) when the factory names one, else ``BlockStore``."""
-    path = getattr(factory, "store", None)
-    if path is None:
-        return BlockStore
-    module_name, sep, attr = str(path).partition(":")
-    if not sep or not module_name or not attr:
-        raise TargetSpecError(
-            f"{factory!r}: store {path!r}; expected 'module.path:Class' naming a BlockStore"
-        )
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, BlockStore)):
-        raise TargetSpecError(f"{factory!r}: store {path!r} is not a BlockStore subclass")
-    return obj
 
 
 def make_content_machine(

@@ -16,8 +16,10 @@ from conformance.content_driver import (
     ContentDriver,
     assert_same_gathers,
     replay_actions,
+    replay_content_trace,
+    store_cls_for,
 )
-from conformance.content_machine import run_content_check, run_content_mutant, store_cls_for
+from conformance.content_machine import run_content_check, run_content_mutant
 from conformance.content_values import ExpectedKV, bits
 from conformance.mutants import store as store_mutants
 from conformance.mutants.store_zoo import STORE_MUTANTS, ensure_registered
@@ -220,6 +222,10 @@ def test_a_content_failure_saves_a_trace_that_replays_to_the_same_failure(tmp_pa
                        store_cls=store_cls)
     assert again.value.caught_by == failure.caught_by == "gather-matches-tokens"
     assert again.value.message == failure.message
+    # kvspec replay's way: by target name, as the written pytest function does
+    replayed = replay_content_trace(trace, "mutant:copy-only-k")
+    assert not replayed.ok and replayed.divergence.message == failure.message
+    assert replay_content_trace(trace, "impl").ok  # the correct store passes the same story
 
 
 # ------------------------------------------------------------------- devices, attention
