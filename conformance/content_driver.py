@@ -190,7 +190,9 @@ class ContentDriver:
     its guard is the pool target. ``unsupported`` names protocol operations the target
     lacks: without ``fork_block``, copy-on-write takes a fresh block and drops one reference
     from the shared one, which leaves the pool exactly as a fork would. ``skip`` switches
-    named content checks off, to show what the others catch on their own.
+    named content checks off, to show what the others catch on their own. ``shadow``: keep
+    a CPU store fed the same calls and compare bits after every action (default: when the
+    store is not on the CPU).
     """
 
     def __init__(
@@ -202,6 +204,7 @@ class ContentDriver:
         unsupported: frozenset[str] = frozenset(),
         on_check: Callable[[str], None] | None = None,
         skip: frozenset[str] = frozenset(),
+        shadow: bool | None = None,
     ) -> None:
         unknown = set(skip) - set(CONTENT_CHECKS)
         if unknown:
@@ -231,7 +234,7 @@ class ContentDriver:
         )
         # On an accelerator, a CPU store fed the same calls: the bits must agree.
         self.shadow: BlockStore | None = None
-        if self.store.device.type != "cpu":
+        if shadow or (shadow is None and self.store.device.type != "cpu"):
             self.shadow = store_cls(*shape, dtype=config.torch_dtype, device="cpu")
 
     # ------------------------------------------------------------------ plumbing
@@ -658,13 +661,14 @@ def replay_actions(
     store_cls: type[BlockStore] = BlockStore,
     unsupported: frozenset[str] = frozenset(),
     skip: frozenset[str] = frozenset(),
+    shadow: bool | None = None,
     on_action: Callable[[ContentDriver], None] | None = None,
 ) -> ContentDriver:
     """Run ``steps`` through a fresh driver; raises ContentDivergence at the first failure.
-    ``skip`` switches named content checks off; ``on_action`` sees the driver after each
-    action."""
+    ``skip`` and ``shadow`` are :class:`ContentDriver`'s; ``on_action`` sees the driver after
+    each action."""
     driver = ContentDriver(
-        factory, config, store_cls=store_cls, unsupported=unsupported, skip=skip
+        factory, config, store_cls=store_cls, unsupported=unsupported, skip=skip, shadow=shadow
     )
     driver.start()
     for step in steps:

@@ -268,6 +268,29 @@ def test_stores_whose_bits_differ_fail_the_same_gathers_check() -> None:
                             store_cls=DirtyFromTheSecondStoreOn)
 
 
+def test_a_shadow_store_that_drifts_from_the_main_store_is_caught_after_the_action() -> None:
+    # With the store on an accelerator the driver keeps a CPU shadow; here both are on the
+    # CPU and the second store built (the shadow) writes every value negated.
+    made: list[BlockStore] = []
+
+    class NegatesFromTheSecondStoreOn(BlockStore):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            self.negate = len(made) > 1
+
+        def write(self, slots: list[int], key: torch.Tensor, value: torch.Tensor, *,
+                  layer: int | None = None) -> None:
+            if self.negate:
+                key, value = -key, -value
+            super().write(slots, key, value, layer=layer)
+
+    driver = replay_actions(impl_pool_factory, ContentConfig(8), [admit([0])], shadow=True)
+    assert driver.shadow is not None  # the ordinary store agrees with its shadow
+    failure = failure_of([admit([0])], NegatesFromTheSecondStoreOn, shadow=True)
+    assert failure.caught_by == "device-bit-identical"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_paged_attention_through_a_machine_built_table_matches_dense_attention(
     dtype: torch.dtype,
