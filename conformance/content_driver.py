@@ -56,18 +56,19 @@ from conformance.targets import TargetSpecError, load_factory, unsupported_opera
 from conformance.trace import LEVEL_OPS, Step, Trace
 from impl.block_store import BlockStore
 
-NULL_BLOCK = 0
-
-#: Scheduler actions and their arguments: the operations of a ``content`` trace.
-CONTENT_OPS: dict[str, tuple[str, ...]] = {
-    "admit": ("prompt",),
-    "decode": ("request", "token"),
-    "fork": ("request",),
-    "free": ("request",),
-    "readmit": ("request",),
-    "reset": (),
-}
-LEVEL_OPS.setdefault("content", CONTENT_OPS)
+#: Scheduler actions and their arguments: the operations of a ``content`` trace. The trace
+#: module's table of levels is where ``Trace.load`` looks; this fills it in if it lacks them.
+CONTENT_OPS: dict[str, tuple[str, ...]] = LEVEL_OPS.setdefault(
+    "content",
+    {
+        "admit": ("prompt",),
+        "decode": ("request", "token"),
+        "fork": ("request",),
+        "free": ("request",),
+        "readmit": ("request",),
+        "reset": (),
+    },
+)
 
 #: The names content failures are reported under (pool failures keep the pool's names).
 CONTENT_CHECKS = (

@@ -40,9 +40,9 @@ from conformance.content_driver import (
     ContentConfig,
     ContentDivergence,
     ContentDriver,
-    dtype_name,
     store_cls_for,
 )
+from conformance.content_values import dtype_name
 from conformance.driver import Divergence
 from conformance.mutants_cmd import KillRow
 from conformance.pool_machine import RunStats
