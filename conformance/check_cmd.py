@@ -20,8 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ManagerTarget",
     )
     parser.add_argument(
-        "--level", choices=["pool", "manager", "all"], default="all",
-        help="which machine to run (default all: pool, then manager where the target has one)",
+        "--level", choices=["pool", "manager", "content", "all"], default="all",
+        help="which machine to run (default all: pool, then manager where the target has one; "
+        "content, which needs torch, only when asked for)",
+    )
+    parser.add_argument(
+        "--device", default="cpu",
+        help="content level: where the block store lives (cpu, cuda, cuda:1...); a CPU "
+        "shadow store must agree bit for bit",
+    )
+    parser.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+        help="content level: the block store's dtype",
     )
     parser.add_argument("--profile", choices=["current", "classic"], default="current")
     parser.add_argument(
@@ -104,20 +114,23 @@ def run_level(args: argparse.Namespace, level: str) -> int:
 
     manager = level == "manager"
     factory = load_manager_factory(args.target) if manager else load_factory(args.target)
-    result = run_check(
-        factory,
-        target_name=args.target,
-        level=level,
-        profile=args.profile,
-        mode="strict" if manager else args.mode,
-        settings_name=args.settings,
-        max_examples=args.max_examples,
-        steps=args.steps,
-        seed=args.seed,
-        database=None if args.no_db else args.db,
-        progress=not args.quiet,
-        bad_input=not args.no_bad_input,
-    )
+    if level == "content":
+        result = run_content_level(args, factory)
+    else:
+        result = run_check(
+            factory,
+            target_name=args.target,
+            level=level,
+            profile=args.profile,
+            mode="strict" if manager else args.mode,
+            settings_name=args.settings,
+            max_examples=args.max_examples,
+            steps=args.steps,
+            seed=args.seed,
+            database=None if args.no_db else args.db,
+            progress=not args.quiet,
+            bad_input=not args.no_bad_input,
+        )
     print_summary(result)
     if result.failure is None:
         print("PASS: no divergence from the spec")
@@ -127,3 +140,24 @@ def run_level(args: argparse.Namespace, level: str) -> int:
     print(f"\ntrace:  {trace_path}   (kvspec replay {trace_path} --target {args.target})")
     print(f"pytest: {test_path}")
     return 1
+
+
+def run_content_level(args: argparse.Namespace, factory) -> CheckResult:
+    """The content level: the pool target with its block store (``factory.store``, else
+    kvspec's BlockStore) on ``--device`` in ``--dtype``. Needs torch."""
+    from conformance.content_machine import run_content_check
+
+    return run_content_check(
+        factory,
+        target_name=args.target,
+        profile=args.profile,
+        mode=args.mode,
+        settings_name=args.settings,
+        max_examples=args.max_examples,
+        steps=args.steps,
+        seed=args.seed,
+        database=None if args.no_db else args.db,
+        progress=not args.quiet,
+        device=args.device,
+        dtype=args.dtype,
+    )

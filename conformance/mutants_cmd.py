@@ -16,7 +16,7 @@ from conformance.runner import SETTINGS_PROFILES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
-    parser.add_argument("--level", choices=["pool", "manager", "all"], default="all")
+    parser.add_argument("--level", choices=["pool", "manager", "content", "all"], default="all")
     parser.add_argument("--settings", choices=list(SETTINGS_PROFILES), default="ci")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0: reproducible)")
     parser.add_argument("--list", action="store_true", help="list the zoo and exit")
@@ -39,6 +39,10 @@ def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> Ki
     from conformance.runner import run_check
 
     mutant = MUTANTS[name]
+    if mutant.level == "content":
+        from conformance.content_machine import run_content_mutant
+
+        return run_content_mutant(name, settings_name, seed)
     result = run_check(
         mutant.factory,
         target_name=f"mutant:{name}",

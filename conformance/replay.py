@@ -40,6 +40,10 @@ def replay_trace(
     """Run every step of ``trace`` on the spec and ``target`` in lockstep."""
     if trace.level == "manager":
         return _replay_manager_trace(trace, target, mode=mode)
+    if trace.level == "content":
+        from conformance.content_driver import replay_content_trace
+
+        return replay_content_trace(trace, target, mode=mode)
     if trace.level != "pool":
         raise ValueError(f"this kvspec replays pool and manager traces, not {trace.level!r}")
     factory = load_factory(target) if isinstance(target, str) else target

@@ -162,7 +162,22 @@ class Trace:
 
 
 # Levels register their operation tables here (the manager level adds its own).
-LEVEL_OPS: dict[str, dict[str, tuple[str, ...]]] = {"pool": POOL_OPS, "manager": MANAGER_OPS}
+#: Content-level actions (conformance/content_driver.py): scheduler actions whose pool and
+#: store calls the replay repeats; ``request`` is the id the trace's own actions created.
+CONTENT_OPS: dict[str, tuple[str, ...]] = {
+    "admit": ("prompt",),
+    "decode": ("request", "token"),
+    "fork": ("request",),
+    "free": ("request",),
+    "readmit": ("request",),
+    "reset": (),
+}
+
+LEVEL_OPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "pool": POOL_OPS,
+    "manager": MANAGER_OPS,
+    "content": CONTENT_OPS,
+}
 
 
 def _ops_for_level(level: str) -> dict[str, tuple[str, ...]]:

@@ -71,3 +71,9 @@ def register(mutants: list[Mutant]) -> None:
 from conformance.mutants.manager import MANAGER_MUTANTS  # noqa: E402
 
 register(MANAGER_MUTANTS)
+
+# The content level's store mutants (conformance/mutants/store_zoo.py). Their classes need
+# torch and load only when a content check runs them.
+from conformance.mutants.store_zoo import STORE_MUTANTS  # noqa: E402
+
+register(STORE_MUTANTS)
