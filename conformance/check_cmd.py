@@ -48,7 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="example database folder")
     parser.add_argument("--no-db", action="store_true", help="do not read or write the database")
     parser.add_argument(
-        "--no-bad-input", action="store_true", help="do not send operations the spec refuses"
+        "--bad-input", choices=["check", "report", "off"], default="check",
+        help="check: operations the spec refuses must be refused with no side effect "
+        "(default); report: do not send them during the run, then print what the target "
+        "does with each (for targets that do not validate, like upstream); off: never send",
+    )
+    parser.add_argument(
+        "--no-bad-input", dest="bad_input", action="store_const", const="off",
+        help="same as --bad-input off",
     )
     parser.add_argument("--out", type=Path, default=Path(".kvspec") / "traces",
                         help="where failure traces and pytest functions are written")
@@ -129,9 +136,13 @@ def run_level(args: argparse.Namespace, level: str) -> int:
             seed=args.seed,
             database=None if args.no_db else args.db,
             progress=not args.quiet,
-            bad_input=not args.no_bad_input,
+            bad_input=args.bad_input == "check",
         )
     print_summary(result)
+    if level == "pool" and args.bad_input == "report":
+        from conformance.bad_input import format_report, probe_all
+
+        print(format_report(probe_all(factory, profile=args.profile)))
     if result.failure is None:
         print("PASS: no divergence from the spec")
         return 0
