@@ -62,6 +62,9 @@ UNKNOWN_REQUEST = "unknown-request"
 DUPLICATE_REQUEST = "duplicate-request"
 COMPUTED_OUT_OF_RANGE = "computed-out-of-range"
 
+#: Operations that change the spec's manager state (the others touch requests only).
+CHANGES_MANAGER = frozenset({"allocate_slots", "free", "preempt", "reset_prefix_cache"})
+
 #: The pool invariant that judges blocks handed out (see :func:`_with_allocated`).
 ALLOCATION_INVARIANT = "no-double-allocation"
 
@@ -283,7 +286,8 @@ class ManagerDriver:
         handler = getattr(self, f"_spec_{step.op}", None)
         if handler is None:
             raise ValueError(f"unknown manager operation {step.op!r}")
-        trial = self.spec.clone()
+        # Steps that change the manager run on a copy, kept only if the target agrees.
+        trial = self.spec.clone() if step.op in CHANGES_MANAGER else self.spec
         try:
             effect = handler(trial, **step.args)
         except Refused as refusal:
@@ -306,9 +310,10 @@ class ManagerDriver:
 
         self.spec = trial
         facts = self._commit(step, effect, target_result, before)
-        self.check(facts)
+        target, spec = self.observe_target(), self.observe_spec(facts.allocated)
+        self.check(facts, target, spec)
         self._compare_result(step, effect.result, target_result)
-        self.compare_observations(facts.allocated)
+        self.compare_observations(target, spec)
         return Outcome(result=effect.result)
 
     def _commit(
@@ -478,7 +483,7 @@ class ManagerDriver:
     # ------------------------------------------------------------------ checking
 
     def _snapshots(
-        self, target: Observation, facts: _StepFacts
+        self, target: Observation, spec_obs: Observation, facts: _StepFacts
     ) -> tuple[mi.ManagerSnapshot, mi.ManagerSnapshot]:
         def views(tables: dict[str, tuple[int, ...]]) -> tuple[mi.RequestView, ...]:
             return tuple(
@@ -493,7 +498,6 @@ class ManagerDriver:
             "block_content": self.contents,
             "admissions": tuple(self.admissions),
         }
-        spec_obs = self.observe_spec()
         target_snap = mi.ManagerSnapshot(
             ref_cnt=target.pool.ref_cnt, requests=views(target.tables),
             hits=facts.target_hits, stats=stats, **common,
@@ -504,10 +508,16 @@ class ManagerDriver:
         )
         return target_snap, spec_snap
 
-    def check(self, facts: _StepFacts | None = None) -> None:
+    def check(
+        self,
+        facts: _StepFacts | None = None,
+        target: Observation | None = None,
+        spec_obs: Observation | None = None,
+    ) -> None:
         """Every pool and manager invariant, on the target's observations and the spec's."""
         facts = facts or _StepFacts()
-        target = self.observe_target()
+        target = target or self.observe_target()
+        spec_obs = spec_obs or self.observe_spec(facts.allocated)
         self.last_target_view = target.view()
         target_pools = _with_allocated(target.pool, facts.allocated, target.tables,
                                        target.hashes)
@@ -517,14 +527,13 @@ class ManagerDriver:
             broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
             if broken:
                 raise self.fail(name, "target: " + "; ".join(broken))
-        target_snap, spec_snap = self._snapshots(target, facts)
+        target_snap, spec_snap = self._snapshots(target, spec_obs, facts)
         for name, minv in mi.MANAGER_INVARIANTS.items():
             if self.on_check:
                 self.on_check(name)
             broken = minv.check(target_snap)
             if broken:
                 raise self.fail(name, "target: " + "; ".join(broken))
-        spec_obs = self.observe_spec()
         plain, masked = _with_allocated(spec_obs.pool, facts.allocated, spec_obs.tables,
                                         spec_obs.hashes)
         spec_broken = {
@@ -536,8 +545,12 @@ class ManagerDriver:
             name, msgs = next(iter(spec_broken.items()))
             raise self.fail(f"spec:{name}", "the spec itself breaks it: " + "; ".join(msgs))
 
-    def compare_observations(self, allocated: dict[int, int] | None = None) -> None:
-        spec, target = self.observe_spec(allocated), self.observe_target()
+    def compare_observations(
+        self, target: Observation | None = None, spec: Observation | None = None
+    ) -> None:
+        """Every observation of the target against the spec's."""
+        target = target or self.observe_target()
+        spec = spec or self.observe_spec()
         for what in _differences(spec, target, compare_hashes=self.config.compare_hashes):
             raise self.fail(what, _describe_difference(what, spec, target))
 

@@ -45,7 +45,8 @@ PREFIXES: tuple[tuple[int, ...], ...] = (
 TAIL_TOKENS = (21, 22)
 SAMPLED_TOKENS = (5, 21, 22)
 FILL_TOKEN = 30
-"""Tokens of ``fill`` requests are ``FILL_TOKEN + n``: shared with no other request."""
+"""Tokens of ``fill`` requests are ``FILL_TOKEN + 0..3``: shared with no other request
+(the lookup of a fill is ignored: it recomputes, and caches duplicates, even on a hit)."""
 LORAS = (None, None, None, None, None, "L1")
 SALTS = (None, None, None, None, "s1", "")
 MAX_TOKENS = 14
@@ -97,7 +98,7 @@ def make_manager_machine(
             self.waiting: list[Sched] = []
             self.running: list[Sched] = []
             self.finished: list[str] = []
-            self.tokens: set[str] = set()  # every request added, to repeat its tokens
+            self.tokens: list[str] = []  # every request added, to repeat its tokens
             self.next_id = 0
             self.peak_pressure = 0.0
             stats.examples += 1
@@ -194,7 +195,7 @@ def make_manager_machine(
             self.do(rule_name, "add_request", request_id=rid, prompt_token_ids=prompt,
                     lora_name=lora, cache_salt=salt)
             self.waiting.append(Sched(rid, len(prompt)))
-            self.tokens.add(rid)
+            self.tokens.append(rid)
 
         @precondition(lambda self: self.has_room() and bool(self.tokens))
         @rule(index=st.integers(0, 7), cut=st.integers(0, 3),
@@ -203,12 +204,14 @@ def make_manager_machine(
             """A new request repeats an earlier one's tokens (outputs too), minus ``cut``
             tokens, plus its own tail, with the same identity: a follow-up turn, whose
             whole history is a prefix hit when it is still cached."""
-            rid0 = sorted(self.tokens)[index % len(self.tokens)]
+            self.add_follow_up("add_like", self.tokens[index % len(self.tokens)], cut, tail)
+
+        def add_follow_up(self, rule_name: str, source: str, cut: int, tail: list[int]) -> None:
             assert self.driver is not None
-            old = self.driver.requests[rid0]
+            old = self.driver.requests[source]
             tokens = list(old.all_token_ids)
             prompt = tokens[: max(len(tokens) - cut, 1)] + tail
-            self.add_prompt("add_like", prompt, None if old.lora is None else old.lora.name,
+            self.add_prompt(rule_name, prompt, None if old.lora is None else old.lora.name,
                             old.cache_salt)
 
         @precondition(has_waiting)
@@ -220,12 +223,16 @@ def make_manager_machine(
             ``chunk == 0`` with hits adopts the hits alone (legal in ``current``, refused
             in ``classic``). ``None`` leaves the request waiting, to be looked up again.
             """
-            s = self.waiting[index % len(self.waiting)]
-            looked = self.do("admit", "get_computed_blocks", request_id=s.request_id)
+            self.schedule("admit", self.waiting[index % len(self.waiting)], chunk, lookahead,
+                          token)
+
+        def schedule(self, rule_name: str, s: Sched, chunk: int, lookahead: int,
+                     token: int) -> None:
+            looked = self.do(rule_name, "get_computed_blocks", request_id=s.request_id)
             hits, num_hit = looked.result
             remaining = s.num_tokens - num_hit
             num_new = min(chunk, remaining) if chunk or num_hit else 1
-            out = self.do("admit", "allocate_slots", request_id=s.request_id,
+            out = self.do(rule_name, "allocate_slots", request_id=s.request_id,
                           num_new_tokens=num_new, num_new_computed_tokens=num_hit,
                           new_computed_blocks=list(hits), num_lookahead_tokens=lookahead)
             if out.refused is not None or out.result is None:
@@ -233,28 +240,50 @@ def make_manager_machine(
             self.waiting.remove(s)
             self.running.append(s)
             s.num_computed = num_hit
-            self.run_chunk("admit", s, num_new, token)
+            self.run_chunk(rule_name, s, num_new, token)
 
         @precondition(has_room)
-        @rule(leave=st.integers(0, 3))
-        def fill(self, leave: int) -> None:
+        @rule(leave=st.integers(0, 3), token=st.integers(0, 3))
+        def fill(self, leave: int, token: int) -> None:
             """A request of its own tokens takes all free blocks but ``leave``: the pool is
             then at the edge where capacity checks and eviction order decide everything
             (the free blocks left are the most recently freed cached ones)."""
+            self.fill_pool("fill", leave, token)
+
+        def fill_pool(self, rule_name: str, leave: int, token: int) -> None:
             assert self.driver is not None
             num_blocks = len(self.driver.spec.pool.free_queue) - leave
             if num_blocks <= 0:
                 return
-            prompt = [FILL_TOKEN + self.next_id] * (num_blocks * self.block_size)
-            self.add_prompt("fill", prompt, None, None)
+            prompt = [FILL_TOKEN + token] * (num_blocks * self.block_size)
+            self.add_prompt(rule_name, prompt, None, None)
             s = self.waiting[-1]
-            self.do("fill", "get_computed_blocks", request_id=s.request_id)
-            out = self.do("fill", "allocate_slots", request_id=s.request_id,
+            self.do(rule_name, "get_computed_blocks", request_id=s.request_id)
+            out = self.do(rule_name, "allocate_slots", request_id=s.request_id,
                           num_new_tokens=s.num_tokens)
             if out.refused is None and out.result is not None:
                 self.waiting.remove(s)
                 self.running.append(s)
-                self.run_chunk("fill", s, s.num_tokens, SAMPLED_TOKENS[0])
+                self.run_chunk(rule_name, s, s.num_tokens, SAMPLED_TOKENS[0])
+
+        @precondition(lambda self: bool(self.finished)
+                      and len(self.waiting) + len(self.running) < MAX_REQUESTS - 1)
+        @rule(index=st.integers(0, 7), leave=st.integers(0, 5), cut=st.integers(0, 3),
+              chunk=st.integers(0, 8), lookahead=st.integers(0, 2),
+              token=st.sampled_from(SAMPLED_TOKENS))
+        def follow_up(self, index: int, leave: int, cut: int, chunk: int, lookahead: int,
+                      token: int) -> None:
+            """A finished request's next turn arrives while the pool is busy.
+
+            Everything but ``leave`` free blocks is taken, then the turn (the old tokens
+            minus ``cut``) is admitted. Its hits are the old request's blocks, at ref count
+            0 near the free queue's end: where the capacity check must count them, and
+            they must be touched before any new block is popped.
+            """
+            source = self.finished[index % len(self.finished)]
+            self.fill_pool("follow_up", leave, 0)
+            self.add_follow_up("follow_up", source, cut, [])
+            self.schedule("follow_up", self.waiting[-1], chunk, lookahead, token)
 
         @precondition(has_waiting)
         @rule(index=st.integers(0, 7))
@@ -347,7 +376,7 @@ def make_manager_machine(
                                                "new_computed_blocks": []})
             if kind == "hits_into_running_request" and running:
                 assert self.driver is not None
-                table = self.driver.target.get_block_ids(running.request_id)
+                table = self.driver.spec.req_to_blocks.get(running.request_id, [])
                 if table:
                     return Step("allocate_slots", {"request_id": running.request_id,
                                                    "num_new_tokens": 1,
