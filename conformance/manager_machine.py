@@ -67,6 +67,24 @@ BAD_INPUTS = [
 UNKNOWN_ID = "ghost"
 
 
+def unsupported_bad_inputs(factory: Callable[..., object]) -> frozenset[str]:
+    """The bad-input kinds a factory's targets are known not to refuse.
+
+    A target that does not validate some caller mistakes (upstream trusts its scheduler)
+    names them in ``factory.unsupported_bad_input``; the machine then never sends them, and
+    ``kvspec check`` lists them as switched off. Names outside :data:`BAD_INPUTS` are an
+    error, so a typo cannot switch a check off silently.
+    """
+    names = frozenset(getattr(factory, "unsupported_bad_input", frozenset()))
+    unknown = names - set(BAD_INPUTS)
+    if unknown:
+        raise ValueError(
+            f"{factory!r}: unsupported_bad_input names {sorted(unknown)} are not bad-input "
+            f"kinds; expected a subset of {BAD_INPUTS}"
+        )
+    return names
+
+
 @dataclass
 class Sched:
     """The harness's own view of one request: where it is in the scheduler's queues."""
@@ -90,6 +108,7 @@ def make_manager_machine(
     """A machine class that drives manager targets built by ``factory`` against the spec."""
     stats = stats if stats is not None else RunStats()
     compare_hashes = not getattr(factory, "opaque_hashes", False)
+    bad_kinds = [k for k in BAD_INPUTS if k not in unsupported_bad_inputs(factory)]
 
     class ManagerMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -345,8 +364,8 @@ def make_manager_machine(
 
         # -------------------------------------------------------------- bad input
 
-        @precondition(lambda self: bad_input)
-        @rule(kind=st.sampled_from(BAD_INPUTS), pick=st.integers(0, 7))
+        @precondition(lambda self: bad_input and bool(bad_kinds))
+        @rule(kind=st.sampled_from(bad_kinds or BAD_INPUTS), pick=st.integers(0, 7))
         def bad(self, kind: str, pick: int) -> None:
             """An operation the spec refuses: the target must raise and change nothing."""
             step = self.bad_step(kind, pick)

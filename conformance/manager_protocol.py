@@ -104,6 +104,12 @@ Trusted inputs
     the cap, out-of-range ids and stale hits (a block no longer holding the request's
     hash); the suite does not send those, so a target need not check them.
 
+A target that trusts its scheduler with some of the mistakes above (upstream's manager
+accepts negative counts, for one) lists the machine's bad-input kinds it does not refuse
+in ``factory.unsupported_bad_input`` (names from
+:data:`conformance.manager_machine.BAD_INPUTS`); those are never sent, and ``kvspec check``
+reports them as switched off.
+
 A *factory* builds a fresh target: ``factory(num_blocks, block_size, *,
 enable_caching=True, profile="current")``. ``kvspec check --level manager --target
 module.path:factory`` loads one; a factory is recognised as a manager factory by its

@@ -23,7 +23,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test
 
 from conformance.driver import Divergence
-from conformance.manager_machine import make_manager_machine
+from conformance.manager_machine import make_manager_machine, unsupported_bad_inputs
 from conformance.pool_machine import RunStats, make_pool_machine
 from conformance.protocol import PoolTarget
 
@@ -165,6 +165,7 @@ def run_check(
 
     unsupported = frozenset(getattr(factory, "unsupported", frozenset()))
     if level == "manager":
+        unsupported = frozenset(f"bad:{k}" for k in unsupported_bad_inputs(factory))
         machine = make_manager_machine(
             factory,
             profile=profile,

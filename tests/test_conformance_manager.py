@@ -147,3 +147,19 @@ def test_check_all_runs_both_levels_for_impl_and_one_for_a_users_factory() -> No
     assert factory_level(lambda num_blocks, block_size, **kw: None) == "manager"
     with pytest.raises(TargetSpecError, match="builds pool targets"):
         load_manager_factory("conformance.targets:impl_pool_factory")
+
+
+def test_a_target_that_trusts_its_scheduler_names_the_bad_input_it_does_not_refuse() -> None:
+    def trusting(num_blocks: int, block_size: int, **kwargs):  # noqa: ANN003, ANN202
+        return impl_manager_factory(num_blocks, block_size, **kwargs)
+
+    trusting.unsupported_bad_input = {"negative_new_tokens"}  # type: ignore[attr-defined]
+    result = run_check(trusting, **QUICK)
+    assert result.passed, result.failure
+    assert result.unsupported == {"bad:negative_new_tokens"}
+    assert "bad:negative_new_tokens" not in result.stats.rules
+    assert result.stats.rules["bad:zero_new_tokens"] > 0
+
+    trusting.unsupported_bad_input = {"negative_new_tokenz"}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="not bad-input kinds"):
+        run_check(trusting, **QUICK)
