@@ -45,7 +45,7 @@ def pytest_function(failure: Divergence, target: str) -> str:
         "    import json\n\n"
         "    from conformance.replay import replay_trace\n"
         "    from conformance.trace import Trace\n\n"
-        "    trace = Trace.from_json(json.loads(\"\"\"\n"
+        "    trace = Trace.from_json(json.loads(r\"\"\"\n"
         f"{body}\n"
         "    \"\"\"))\n"
         f"    result = replay_trace(trace, target={target!r})\n"

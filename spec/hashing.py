@@ -16,6 +16,7 @@ disagree about every key.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,13 +67,15 @@ def sha256_hash(value: object) -> bytes:
 
 
 def root_hash(hash_fn: HashFn = sha256_hash) -> bytes:
-    """The parent of every first block.
+    """The parent of every first block: the hash of ``PYTHONHASHSEED`` when it is set (so a
+    deployment can choose its own root), else of the fixed :data:`ROOT_SEED`.
 
-    A fixed value rather than random bytes (upstream ``classic`` draws 32 random bytes per
-    process when ``PYTHONHASHSEED`` is unset) so that keys are reproducible across processes
-    and runs; the spec uses it in both profiles.
+    Never random bytes (upstream ``classic`` draws 32 random bytes per process when the
+    variable is unset), so that keys are reproducible across processes and runs; the spec
+    uses this rule in both profiles.
     """
-    return hash_fn(ROOT_SEED)
+    seed = os.environ.get("PYTHONHASHSEED")
+    return hash_fn(ROOT_SEED if seed is None else seed)
 
 
 ROOT_HASH = root_hash()

@@ -27,7 +27,8 @@ PROFILE_PARAMS = pytest.mark.parametrize("profile", list(PROFILES.values()), ids
 
 
 def test_hash_matches_upstream_sha256_encoding_for_ordinary_keys() -> None:
-    upstream_root = hashlib.sha256(pickle.dumps("vllm-none-hash", protocol=5)).digest()
+    seed = os.environ.get("PYTHONHASHSEED", "vllm-none-hash")
+    upstream_root = hashlib.sha256(pickle.dumps(seed, protocol=5)).digest()
     extra = (("lora", "adapter", "/a"), ("cache_salt", "tenant"))
     upstream = hashlib.sha256(pickle.dumps((upstream_root, (1, 2, 3, 4), extra), protocol=5))
     assert upstream_root == ROOT_HASH
@@ -41,19 +42,35 @@ def test_equal_values_hash_equal_whatever_objects_hold_them() -> None:
     assert sha256_hash((same, same)) == sha256_hash((same, built))
 
 
-def test_hash_is_the_same_in_another_process_with_another_hash_seed() -> None:
+def _hashes_in_a_fresh_process(env: dict[str, str]) -> str:
     code = (
         "from spec.request import Request;"
         "from spec.hashing import LoRARequest;"
         "r = Request('r', tuple(range(12)), 4, lora=LoRARequest('l'), cache_salt='s');"
         "print(','.join(h.hex() for h in r.block_hashes))"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
+    return out.stdout.strip()
+
+
+def test_hash_is_the_same_in_another_process() -> None:
+    """Python's per-process string hashing never reaches a block hash."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     here = Request("r", tuple(range(12)), 4, lora=LoRARequest("l"), cache_salt="s")
-    assert out.stdout.strip() == ",".join(h.hex() for h in here.block_hashes)
+    expected = ",".join(h.hex() for h in here.block_hashes)
+    if "PYTHONHASHSEED" in os.environ:
+        expected = _hashes_in_a_fresh_process(env)  # compare two unseeded processes
+    assert _hashes_in_a_fresh_process(env) == expected
+
+
+def test_pythonhashseed_chooses_the_root_hash() -> None:
+    """As upstream: a deployment sets PYTHONHASHSEED to choose its own root of every chain."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    seeded = {**env, "PYTHONHASHSEED": "12345"}
+    assert _hashes_in_a_fresh_process(seeded) != _hashes_in_a_fresh_process(env)
+    assert _hashes_in_a_fresh_process(seeded) == _hashes_in_a_fresh_process(seeded)
 
 
 @PROFILE_PARAMS
