@@ -28,12 +28,12 @@ The manager under test
 Hashing
     Requests are built with upstream's own block hasher,
     ``get_request_block_hasher(block_size, sha256)``, so the hash bytes kvspec compares
-    are upstream's. The root every chain starts from is ``NONE_HASH``, which 0.33.0
-    derives from ``PYTHONHASHSEED`` when it is set and from ``"vllm-none-hash"`` for
-    sha256 otherwise. The adapter pins it to the latter (as ``init_none_hash`` does in a
-    process without ``PYTHONHASHSEED``), so a seed in the environment cannot change the
-    bytes. ``NONE_HASH`` is a module global of ``vllm.v1.core.kv_cache_utils``: every
-    target built here sets it to the same value.
+    are upstream's. The root every chain starts from is ``NONE_HASH``, a module global of
+    ``vllm.v1.core.kv_cache_utils`` that the engine sets once at start-up with
+    ``init_none_hash``; the adapter calls it with sha256 whenever it builds a target. For a
+    cryptographic hash it is deterministic: the hash of ``PYTHONHASHSEED`` when that is set,
+    else of ``"vllm-none-hash"`` (only non-cryptographic hashes get random bytes), which is
+    the spec's rule too.
 
 Identity
     ``lora_name`` becomes a ``LoRARequest`` named so, with ``lora_int_id`` numbered from 1
@@ -75,8 +75,6 @@ from conformance.vllm_target import (
 
 #: Far beyond any sequence the suite builds: upstream caps slots at ``max_model_len``.
 MAX_MODEL_LEN = 1 << 20
-#: The seed 0.33.0 derives ``NONE_HASH`` from for sha256 when ``PYTHONHASHSEED`` is unset.
-NONE_HASH_SEED = "vllm-none-hash"
 #: Passes ``LoRARequest``'s non-empty-path assertion; replaced by ``""`` right after.
 LORA_PLACEHOLDER_PATH = "unused"
 #: The one KV-cache group of the manager under test.
@@ -132,16 +130,10 @@ class _Upstream:
         self.Request = Request
         self.RequestStatus = RequestStatus
 
-    def pin_none_hash(self) -> None:
-        """Set ``NONE_HASH`` to sha256 of the fixed seed, whatever ``PYTHONHASHSEED`` says."""
-        utils = self.kv_cache_utils
-        if getattr(utils, "DEFAULT_NONE_HASH_SEED", NONE_HASH_SEED) != NONE_HASH_SEED:
-            raise VllmNotInstalledError(
-                f"vLLM's default NONE_HASH seed is {utils.DEFAULT_NONE_HASH_SEED!r}, expected "
-                f"{NONE_HASH_SEED!r} (vLLM {VLLM_VERSION}); {INSTALL_HINT}"
-            )
-        utils.NONE_HASH = utils.BlockHash(self.sha256(NONE_HASH_SEED))
-        utils._NONE_HASH_SEED = NONE_HASH_SEED
+    def init_none_hash(self) -> None:
+        """Set ``NONE_HASH`` as the engine does at start-up, for sha256 (see the module
+        docstring): from ``PYTHONHASHSEED`` when set, else from ``"vllm-none-hash"``."""
+        self.kv_cache_utils.init_none_hash(self.sha256)
 
 
 class VllmManager:
@@ -149,7 +141,7 @@ class VllmManager:
 
     def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True) -> None:
         up = _Upstream()
-        up.pin_none_hash()
+        up.init_none_hash()
         self._up = up
         config = up.KVCacheConfig(
             num_blocks=num_blocks,

@@ -50,11 +50,15 @@ def test_factory_builds_a_manager_target_loadable_by_module_path() -> None:
     assert load_manager_factory(FACTORY_PATH) is vllm_manager_factory
 
 
+@pytest.mark.parametrize("seed", [None, "0"])
 def test_upstream_hashes_equal_the_specs_for_plain_lora_and_salted_requests(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, seed: str | None
 ) -> None:
-    # A seed in the environment would change upstream's NONE_HASH; the adapter pins it.
-    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    # Both take the root of every chain from PYTHONHASHSEED when it is set.
+    if seed is None:
+        monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
     m = vllm_manager_factory(8, 2)
     prompt = [1, 2, 3, 4, 5]
     cases = {"plain": (None, None), "lora": ("L1", None), "salt": (None, "s1"),
@@ -66,6 +70,16 @@ def test_upstream_hashes_equal_the_specs_for_plain_lora_and_salted_requests(
         assert m.request_block_hashes(rid) == list(spec.block_hashes), rid
     assert m.request_block_hashes("empty-salt") == m.request_block_hashes("plain")
     assert m.request_block_hashes("salt")[0] != m.request_block_hashes("plain")[0]
+
+
+def test_pythonhashseed_chooses_upstreams_root_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    unseeded = vllm_manager_factory(4, 2)
+    unseeded.add_request("r", [1, 2])
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    seeded = vllm_manager_factory(4, 2)
+    seeded.add_request("r", [1, 2])
+    assert seeded.request_block_hashes("r") != unseeded.request_block_hashes("r")
 
 
 def test_a_finished_requests_full_blocks_are_hit_by_the_next_but_the_last_token() -> None:
