@@ -1,6 +1,7 @@
 """Upstream vLLM 0.33.0's ``KVCacheManager`` as a kvspec manager target.
 
-``kvspec check --target vllm --level manager`` drives this adapter. Like the pool adapter
+``kvspec check --level manager --target conformance.vllm_manager_target:vllm_manager_factory``
+drives this adapter. Like the pool adapter
 (:mod:`conformance.vllm_target`) it is thin on purpose: the point is to see what upstream's
 manager does, so it adds no check that upstream lacks. What it does add is what upstream's
 *scheduler* would do around the manager, because the manager protocol makes kvspec the
@@ -40,7 +41,7 @@ Identity
     in order of first use per target (upstream requires ``>= 1`` and keys the cache by name
     and path only) and ``lora_path = ""``, so that upstream's hash key for it is the
     protocol's ``("lora", name, "")``. ``LoRARequest``'s constructor asserts a non-empty
-    path (a check of the serving front end, not of the KV cache), so the adapter builds it
+    path (a check of adapter loading, not of the KV cache), so the adapter builds it
     with a placeholder path and then sets the path to ``""``; the block hasher only reads
     the attribute. ``cache_salt`` is passed to ``Request`` as is (upstream, like the spec,
     keys only the first block by it, and only when it is non-empty).
