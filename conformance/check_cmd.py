@@ -79,8 +79,8 @@ def print_summary(result: CheckResult) -> None:
 def levels_to_run(target: str, level: str) -> tuple[list[str], list[str]]:
     """The levels ``kvspec check`` runs for ``target``, and notes on any it leaves out.
 
-    ``all`` means every level the target has: both for ``impl``, the pool level for
-    ``vllm`` (no manager adapter), and for ``module:factory`` the one level its factory
+    ``all`` means every level the target has: both for ``impl`` and ``vllm``, and for
+    ``module:factory`` the one level its factory
     implements (:func:`conformance.manager_targets.factory_level`).
     """
     from conformance.manager_targets import BUILTIN_MANAGER_TARGETS, factory_level

@@ -30,6 +30,7 @@ from impl.request import Request
 #: Short names :func:`load_manager_factory` understands besides ``module.path:attr``.
 BUILTIN_MANAGER_TARGETS: dict[str, str] = {
     "impl": "conformance.manager_targets:impl_manager_factory",
+    "vllm": "conformance.vllm_manager_target:vllm_manager_factory",
 }
 
 
