@@ -1,0 +1,638 @@
+"""The block pool in z3: state variables, initial state, transition relation, invariants.
+
+One state is a fixed set of integer and boolean variables (:class:`SymState`):
+
+``ref[b]``, ``hash[b]``
+    ref count and content hash (0 = none, else ``1..H``; see :mod:`spec.symbolic.model`).
+``inq[b]``, ``ahead[a][b]``
+    free-queue membership and order. Instead of a list (positions shift on every pop) or
+    integer timestamps (which need arithmetic and grow without bound), the order is a
+    precedence relation: ``ahead[a][b]`` says a is nearer the front than b. It is only
+    read for two queued blocks. Popping takes the queued block ahead of every other
+    queued one; ``touch`` just clears ``inq``; a freed batch is put behind (append) or in
+    front of (prepend) every block already queued. The state is then finite and purely
+    boolean apart from small counts, which is what a SAT-based solver handles best.
+``idx[b]``, ``older[a][b]``
+    the prefix-cache index: ``idx[b] = h`` when the index maps ``h`` to ``b`` (0: not in
+    the index), and ``older[a][b]`` when a entered the index before b. "The first
+    inserted holder of h" is the holder of h older than every other holder.
+``handed[b]``, ``before[b]``
+    the blocks handed out by the step that led here, and each block's ref count before
+    that step (``no-double-allocation`` judges a hand-out, not a state).
+``tbl[r][j]``, ``len[r]``, ``nc[r]``, ``last[r]``
+    request r's block table, its length, how many leading blocks it has cached, and the
+    hash of the last cached one (0: none).
+
+The transition relation is *functional*: an integer ``op`` picks one instance of
+:func:`spec.symbolic.model.all_ops`; each variable's next value is an ``If`` over the
+instances that change it, else its old value; the chosen instance's guard must hold.
+A mutant name switches the few terms its bug changes (see :mod:`spec.symbolic.twins`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import z3
+
+from spec.symbolic.model import ModelConfig, Op, all_ops
+
+Expr = z3.ExprRef
+
+
+def _sel(values: list[Expr], index: Expr, default: Expr | None = None) -> Expr:
+    """``values[index]`` for a symbolic index, as an ``If`` chain."""
+    out = values[-1] if default is None else default
+    for i in range(len(values) - 1 if default is None else len(values), 0, -1):
+        out = z3.If(index == i - 1, values[i - 1], out)
+    return out
+
+
+class SymState:
+    """The variables of one state (``tag`` keeps names unique across an unrolling)."""
+
+    def __init__(self, cfg: ModelConfig, tag: str, width: int | None = None) -> None:
+        n, r, lim = cfg.num_blocks, cfg.num_requests, cfg.table_len
+        self.cfg = cfg
+        self.tag = tag
+        self.width = width
+
+        def ints(name: str, k: int) -> list[Expr]:
+            return [self.var(f"{name}[{i}]@{tag}") for i in range(k)]
+
+        self.ref = ints("ref", n)
+        self.hash = ints("hash", n)
+        self.inq = [z3.Bool(f"inq[{b}]@{tag}") for b in range(n)]
+        self.ahead = self._relation("ahead", n)
+        self.idx = ints("idx", n)
+        self.older = self._relation("older", n)
+        self.handed = [z3.Bool(f"handed[{b}]@{tag}") for b in range(n)]
+        self.before = ints("before", n)
+        self.tbl = [ints(f"tbl[{q}]", lim) for q in range(r)]
+        self.len = ints("len", r)
+        self.nc = ints("nc", r)
+        self.last = ints("last", r)
+        self._cache: dict[str, object] = {}
+
+    # ------------------------------------------------------------ numbers of either sort
+
+    def _relation(self, name: str, n: int) -> list[list[Expr]]:
+        """A strict order over blocks: ``rel[a][b]`` for a != b (the diagonal is False)."""
+        return [
+            [z3.Bool(f"{name}[{a}][{b}]@{self.tag}") if a != b else z3.BoolVal(False)
+             for b in range(n)]
+            for a in range(n)
+        ]
+
+    def var(self, name: str) -> Expr:
+        """An integer variable: unbounded, or a ``width``-bit signed bit-vector."""
+        return z3.Int(name) if self.width is None else z3.BitVec(name, self.width)
+
+    def const(self, value: int) -> Expr:
+        return z3.IntVal(value) if self.width is None else z3.BitVecVal(value, self.width)
+
+    def count(self, conditions: list[Expr]) -> Expr:
+        """How many of ``conditions`` hold."""
+        one, zero = self.const(1), self.const(0)
+        if not conditions:
+            return zero
+        return z3.Sum([z3.If(c, one, zero) for c in conditions])
+
+    def op_var(self, name: str) -> Expr:
+        """The variable choosing the operation of a step (same sort as the state)."""
+        return self.var(name)
+
+    def variables(self) -> Iterator[tuple[str, Expr]]:
+        """Every variable with a tag-free name, for frame conditions and decoding."""
+        n = self.cfg.num_blocks
+        for name in ("ref", "hash", "inq", "idx", "handed", "before"):
+            for b, v in enumerate(getattr(self, name)):
+                yield f"{name}[{b}]", v
+        for name in ("ahead", "older"):
+            rel = getattr(self, name)
+            for a in range(n):
+                for b in range(n):
+                    if a != b:
+                        yield f"{name}[{a}][{b}]", rel[a][b]
+        for q in range(self.cfg.num_requests):
+            for j, v in enumerate(self.tbl[q]):
+                yield f"tbl[{q}][{j}]", v
+            yield f"len[{q}]", self.len[q]
+            yield f"nc[{q}]", self.nc[q]
+            yield f"last[{q}]", self.last[q]
+
+    # ------------------------------------------------------------ derived terms (memoised)
+
+    def _memo(self, name: str, make: Callable[[], object]) -> object:
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def num_free(self) -> Expr:
+        return self._memo("num_free", lambda: self.count(list(self.inq)))
+
+    @property
+    def at_front(self) -> list[Expr]:
+        """``at_front[b]``: b is queued ahead of every other queued block (``popleft``)."""
+
+        def make() -> list[Expr]:
+            n = self.cfg.num_blocks
+            return [
+                z3.And(
+                    self.inq[b],
+                    *[z3.Or(z3.Not(self.inq[c]), self.ahead[b][c])
+                      for c in range(n) if c != b],
+                )
+                for b in range(n)
+            ]
+
+        return self._memo("at_front", make)  # type: ignore[return-value]
+
+    def first_holder(self, h: int) -> list[Expr]:
+        """``first_holder(h)[b]``: b is the oldest index entry for hash h."""
+
+        def make() -> list[Expr]:
+            n = self.cfg.num_blocks
+            return [
+                z3.And(
+                    self.idx[b] == h,
+                    *[z3.Or(self.idx[c] != h, self.older[b][c])
+                      for c in range(n) if c != b],
+                )
+                for b in range(n)
+            ]
+
+        return self._memo(f"first{h}", make)  # type: ignore[return-value]
+
+    def slots(self, b: int) -> Expr:
+        """How many table slots, over all requests, hold block b."""
+
+        def make() -> Expr:
+            return self.count([
+                z3.And(j < self.len[q], self.tbl[q][j] == b)
+                for q in range(self.cfg.num_requests)
+                for j in range(self.cfg.table_len)
+            ])
+
+        return self._memo(f"slots{b}", make)  # type: ignore[return-value]
+
+    def count_in_table(self, q: int, b: int) -> Expr:
+        return self.count([
+            z3.And(j < self.len[q], self.tbl[q][j] == b) for j in range(self.cfg.table_len)
+        ])
+
+    def ref_of(self, block: Expr) -> Expr:
+        return _sel(self.ref, block)
+
+    def hash_of(self, block: Expr) -> Expr:
+        return _sel(self.hash, block)
+
+
+def block_id(s: SymState, flags: list[Expr]) -> Expr:
+    """The id of the one block whose flag holds (0 if none)."""
+    out: Expr = s.const(0)
+    for b in range(len(flags) - 1, -1, -1):
+        out = z3.If(flags[b], b, out)
+    return out
+
+
+def parent_term(s: SymState, h: Expr) -> Expr:
+    out: Expr = s.const(0)
+    for v in s.cfg.hashes:
+        out = z3.If(h == v, s.const(s.cfg.parent(v)), out)
+    return out
+
+
+# --------------------------------------------------------------------------- initial state
+
+
+def initial(s: SymState) -> list[Expr]:
+    """A fresh pool: blocks 1..N-1 queued in id order, nothing hashed, tables empty."""
+    cfg = s.cfg
+    out: list[Expr] = []
+    n = cfg.num_blocks
+    for b in range(n):
+        out += [
+            s.ref[b] == 0, s.hash[b] == 0, s.idx[b] == 0,
+            s.inq[b] == (b != 0),
+            z3.Not(s.handed[b]), s.before[b] == 0,
+        ]
+        for c in range(n):
+            if c != b:
+                out += [s.ahead[b][c] == (b < c), s.older[b][c] == (b < c)]
+    for q in range(cfg.num_requests):
+        out += [s.len[q] == 0, s.nc[q] == 0, s.last[q] == 0]
+        out += [v == 0 for v in s.tbl[q]]
+    return out
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+@dataclass
+class _Effect:
+    """One operation instance: its guard and the new value of each variable it changes."""
+
+    guard: Expr
+    updates: dict[str, Expr] = field(default_factory=dict)
+
+
+class _Ops:
+    """Builds each operation's effect on a pre-state, with a mutant's changes."""
+
+    def __init__(self, s: SymState, mutant: str | None) -> None:
+        self.s = s
+        self.cfg = s.cfg
+        self.m = mutant
+        self.n = s.cfg.num_blocks
+        self.counts_null = s.cfg.profile.count_null_refs
+        self.prepends = s.cfg.profile.prepend_unhashed_on_free
+
+    # -- shared pieces
+
+    def _pop(self, e: _Effect, enabled: Expr) -> Expr:
+        """``get_new_blocks(1)`` when ``enabled``: pop the front, evict, ref 1; its id."""
+        s = self.s
+        popped = [z3.And(enabled, f) for f in s.at_front]
+        for b in range(self.n):
+            e.updates[f"inq[{b}]"] = z3.And(s.inq[b], z3.Not(popped[b]))
+            e.updates[f"ref[{b}]"] = z3.If(popped[b], 1, s.ref[b])
+            e.updates[f"handed[{b}]"] = popped[b]
+            if self.m not in ("stale-hash-on-reuse", "hash-cleared-after-ref-set"):
+                # Lazy eviction, as upstream: only a block indexed under its hash loses it.
+                evict = z3.And(popped[b], s.hash[b] != 0, s.idx[b] == s.hash[b])
+                e.updates[f"hash[{b}]"] = z3.If(evict, 0, s.hash[b])
+                e.updates[f"idx[{b}]"] = z3.If(evict, 0, s.idx[b])
+        return block_id(s, popped)
+
+    def _touch(self, e: _Effect, touched: list[Expr]) -> None:
+        """``touch``: a zero-ref block leaves the queue, then every block gets +1."""
+        s = self.s
+        counts_null = self.counts_null or self.m == "touch-counts-null"
+        for b in range(self.n):
+            if b == 0:
+                if counts_null:
+                    e.updates["ref[0]"] = s.ref[0] + s.count([touched[0]])
+                continue
+            e.updates[f"ref[{b}]"] = s.ref[b] + s.count([touched[b]])
+            if self.m != "touch-leaves-in-queue":
+                e.updates[f"inq[{b}]"] = z3.And(
+                    s.inq[b], z3.Not(z3.And(touched[b], s.ref[b] == 0))
+                )
+
+    def _free(self, e: _Effect, counts: list[Expr], position: list[Expr]) -> Expr:
+        """``free_blocks`` of a batch given as per-block counts and the batch position at
+        which each block would reach 0 (smaller = earlier). Returns the spec's guard."""
+        s, n = self.s, self.n
+        guard = z3.And([s.ref[b] - counts[b] >= 0 for b in range(1, n)])
+        trusting = None
+        if self.m == "free-of-ref0-goes-negative":
+            # Any non-null block at <= 0: decrement all non-null blocks, queue nothing.
+            trusting = z3.Or([z3.And(counts[b] > 0, s.ref[b] <= 0) for b in range(1, n)])
+            guard = z3.Or(trusting, guard)
+        newly: list[Expr] = [z3.BoolVal(False)] * n
+        appended: list[Expr] = [z3.BoolVal(False)] * n
+        for b in range(n):
+            if b == 0:
+                new_ref = s.ref[0] - counts[0] if self.counts_null else s.ref[0]
+                if trusting is not None and self.counts_null:
+                    new_ref = z3.If(trusting, s.ref[0], new_ref)
+                e.updates["ref[0]"] = new_ref
+                continue
+            new_ref = s.ref[b] - counts[b]
+            reaches_zero = z3.And(counts[b] > 0, new_ref == 0)
+            if trusting is not None:
+                reaches_zero = z3.And(z3.Not(trusting), reaches_zero)
+            newly[b] = reaches_zero
+            appended[b] = z3.And(reaches_zero, s.hash[b] != 0) if self.prepends else reaches_zero
+            e.updates[f"ref[{b}]"] = new_ref
+            e.updates[f"inq[{b}]"] = z3.Or(s.inq[b], reaches_zero)
+        # New order: prepended blocks, then the old queue, then appended blocks; inside
+        # each part, batch order.
+        for a in range(n):
+            for b in range(n):
+                if a == b:
+                    continue
+                prepended_a = z3.And(newly[a], z3.Not(appended[a]))
+                both = z3.If(
+                    appended[a] == appended[b], position[a] < position[b], prepended_a
+                )
+                e.updates[f"ahead[{a}][{b}]"] = z3.If(
+                    z3.And(newly[a], newly[b]), both,
+                    z3.If(newly[a], prepended_a,
+                          z3.If(newly[b], appended[b], s.ahead[a][b])),
+                )
+        if self.m == "null-returned-to-queue":
+            joins = z3.And(counts[0] > 0, z3.Not(s.inq[0]))
+            e.updates["inq[0]"] = z3.Or(s.inq[0], joins)
+            for b in range(1, n):  # the null block goes behind everything
+                e.updates[f"ahead[0][{b}]"] = z3.And(z3.Not(joins), s.ahead[0][b])
+                e.updates[f"ahead[{b}][0]"] = z3.Or(
+                    joins, e.updates.get(f"ahead[{b}][0]", s.ahead[b][0])
+                )
+        return guard
+
+    def _append_to_table(self, e: _Effect, q: int, block: Expr) -> None:
+        s = self.s
+        for j in range(self.cfg.table_len):
+            e.updates[f"tbl[{q}][{j}]"] = z3.If(s.len[q] == j, block, s.tbl[q][j])
+        e.updates[f"len[{q}]"] = s.len[q] + 1
+
+    # -- the operations
+
+    def allocate(self, q: int) -> _Effect:
+        s = self.s
+        e = _Effect(z3.And(s.len[q] < self.cfg.table_len, s.num_free >= 1, z3.Or(s.at_front)))
+        y = self._pop(e, z3.BoolVal(True))
+        self._append_to_table(e, q, y)
+        return e
+
+    def cache(self, q: int, h: int) -> _Effect:
+        s = self.s
+        x = _sel(s.tbl[q], s.nc[q])
+        e = _Effect(z3.And(
+            s.nc[q] < s.len[q], s.last[q] == self.cfg.parent(h),
+            x != 0, s.ref_of(x) > 0, s.hash_of(x) == 0,
+        ))
+        for b in range(self.n):
+            is_x = x == b
+            e.updates[f"hash[{b}]"] = z3.If(is_x, h, s.hash[b])
+            other = s.idx[b]
+            if self.m == "collapse-duplicate-hash":
+                other = z3.If(s.idx[b] == h, 0, s.idx[b])
+            e.updates[f"idx[{b}]"] = z3.If(is_x, h, other)
+        for a in range(self.n):  # x becomes the newest index entry
+            for b in range(self.n):
+                if a != b:
+                    e.updates[f"older[{a}][{b}]"] = z3.If(
+                        x == b, z3.BoolVal(True), z3.If(x == a, z3.BoolVal(False), s.older[a][b])
+                    )
+        e.updates[f"nc[{q}]"] = s.nc[q] + 1
+        e.updates[f"last[{q}]"] = s.const(h)
+        return e
+
+    def hit(self, q: int, h: int) -> _Effect:
+        s = self.s
+        chain = self.cfg.chain(h)
+        holders = [s.first_holder(c) for c in chain]
+        e = _Effect(z3.And(s.len[q] == 0, *[z3.Or(f) for f in holders]))
+        touched = [z3.Or([f[b] for f in holders]) for b in range(self.n)]
+        self._touch(e, touched)
+        for j in range(self.cfg.table_len):
+            if j < len(chain):
+                e.updates[f"tbl[{q}][{j}]"] = block_id(s, holders[j])
+        e.updates[f"len[{q}]"] = s.const(len(chain))
+        e.updates[f"nc[{q}]"] = s.const(len(chain))
+        e.updates[f"last[{q}]"] = s.const(h)
+        return e
+
+    def free(self, q: int) -> _Effect:
+        """Free the table reversed: table position j is batch position len-1-j."""
+        s, lim = self.s, self.cfg.table_len
+        counts = [s.count_in_table(q, b) for b in range(self.n)]
+        # A block reaches 0 at its last occurrence in processing order. The call passes
+        # the table reversed; forward-free processes that list reversed again.
+        forward = self.m == "forward-free"
+        order = range(lim - 1, -1, -1) if forward else range(lim)
+        position: list[Expr] = []
+        for b in range(self.n):
+            pos: Expr = s.const(0)
+            for j in reversed(list(order)):
+                batch_pos = j if forward else (lim - 1 - j)
+                pos = z3.If(z3.And(j < s.len[q], s.tbl[q][j] == b), batch_pos, pos)
+            position.append(pos)
+        e = _Effect(z3.BoolVal(True))
+        guard = self._free(e, counts, position)
+        e.guard = z3.And(s.len[q] >= 1, guard)
+        e.updates[f"len[{q}]"] = s.const(0)
+        e.updates[f"nc[{q}]"] = s.const(0)
+        e.updates[f"last[{q}]"] = s.const(0)
+        return e
+
+    def fork(self, q: int) -> _Effect:
+        s, cfg = self.s, self.cfg
+        x = _sel(s.tbl[q], s.len[q] - 1)
+        rx = s.ref_of(x)
+        copy = rx > 1
+        e = _Effect(z3.And(s.len[q] >= 1, x != 0, rx > 0, z3.Or(rx == 1, s.num_free >= 1)))
+        y = self._pop(e, copy)
+        if self.m != "fork-without-decrement":
+            for b in range(1, self.n):
+                e.updates[f"ref[{b}]"] = z3.If(
+                    z3.And(copy, x == b), s.ref[b] - 1, e.updates[f"ref[{b}]"]
+                )
+        for j in range(cfg.table_len):
+            e.updates[f"tbl[{q}][{j}]"] = z3.If(
+                z3.And(copy, s.len[q] - 1 == j), y, s.tbl[q][j]
+            )
+        uncache = z3.And(copy, s.nc[q] == s.len[q])
+        e.updates[f"nc[{q}]"] = z3.If(uncache, s.nc[q] - 1, s.nc[q])
+        e.updates[f"last[{q}]"] = z3.If(uncache, parent_term(s, s.last[q]), s.last[q])
+        return e
+
+    def pad(self, q: int) -> _Effect:
+        s = self.s
+        e = _Effect(s.len[q] < self.cfg.table_len)
+        self._touch(e, [z3.BoolVal(b == 0) for b in range(self.n)])
+        for b in range(1, self.n):  # touching only the null block changes no other block
+            e.updates.pop(f"ref[{b}]", None)
+            e.updates.pop(f"inq[{b}]", None)
+        self._append_to_table(e, q, s.const(0))
+        return e
+
+    def reset(self) -> _Effect:
+        s = self.s
+        ok: Expr = z3.And([s.ref[b] <= 0 for b in range(1, self.n)])
+        if self.m == "reset-while-in-use":
+            ok = z3.BoolVal(True)
+        e = _Effect(z3.BoolVal(True))
+        for b in range(self.n):
+            e.updates[f"hash[{b}]"] = z3.If(ok, 0, s.hash[b])
+            e.updates[f"idx[{b}]"] = z3.If(ok, 0, s.idx[b])
+        return e
+
+    def stray_free(self, block: int) -> _Effect:
+        s = self.s
+        counts = [s.const(1 if b == block else 0) for b in range(self.n)]
+        position = [s.const(0) for _ in range(self.n)]
+        e = _Effect(z3.BoolVal(True))
+        guard = self._free(e, counts, position)
+        e.guard = z3.And(s.slots(block) == 0, guard)
+        return e
+
+    def effect(self, op: Op) -> _Effect:
+        if op.kind in ("allocate", "free", "fork", "pad"):
+            return getattr(self, op.kind)(op.req)
+        if op.kind in ("cache", "hit"):
+            return getattr(self, op.kind)(op.req, op.arg)
+        if op.kind == "reset":
+            return self.reset()
+        if op.kind == "stray_free":
+            return self.stray_free(op.arg)
+        raise ValueError(f"encoding: unknown operation kind {op.kind!r}")
+
+
+def transition(
+    pre: SymState,
+    post: SymState,
+    op_var: Expr,
+    mutant: str | None = None,
+    only: list[int] | None = None,
+) -> list[Expr]:
+    """Constraints: ``post`` is ``pre`` after operation instance ``op_var``.
+
+    ``only`` restricts the choice to some instances (the honesty check fixes one).
+    """
+    ops = all_ops(pre.cfg)
+    builder = _Ops(pre, mutant)
+    chosen = list(range(len(ops))) if only is None else only
+    effects = {i: builder.effect(ops[i]) for i in chosen}
+    out: list[Expr] = [z3.Or([op_var == i for i in chosen])]
+    out += [z3.Implies(op_var == i, e.guard) for i, e in effects.items()]
+    pre_vars = dict(pre.variables())
+    for name, new in post.variables():
+        if name.startswith("before["):
+            out.append(new == pre_vars[f"ref[{name[7:]}"])
+            continue
+        if name.startswith("handed["):
+            value: Expr = z3.BoolVal(False)
+        else:
+            value = pre_vars[name]
+        for i, e in effects.items():
+            if name in e.updates:
+                value = z3.If(op_var == i, e.updates[name], value)
+        out.append(new == value)
+    return out
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def usage_numerator(s: SymState, mutant: str | None) -> Expr:
+    """``usage * N * (N-1)``: kept integral so the solver stays in linear integer arithmetic."""
+    n = s.cfg.num_blocks
+    if mutant == "usage-counts-null":
+        return (n - s.num_free) * (n - 1)
+    return (n - 1 - s.num_free) * n
+
+
+def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
+    """Every named invariant of :mod:`spec.invariants` and the request invariants, in z3."""
+    cfg = s.cfg
+    n = cfg.num_blocks
+    non_null = range(1, n)
+    out: dict[str, Expr] = {}
+    out["ref-nonnegative"] = z3.And([s.ref[b] >= 0 for b in non_null])
+    out["free-iff-unreferenced"] = z3.And([s.inq[b] == (s.ref[b] == 0) for b in non_null])
+    null = [z3.Not(s.inq[0]), z3.Not(s.handed[0]), s.hash[0] == 0]
+    if not cfg.profile.count_null_refs:
+        null.append(s.ref[0] == 0)
+    out["null-block"] = z3.And(null)
+    out["no-double-allocation"] = z3.And([
+        z3.Implies(s.handed[b], z3.And(
+            s.before[b] == 0, s.hash[b] == 0, *([s.ref[b] == 1] if b else [])
+        ))
+        for b in range(n)
+    ])
+    out["hash-index-consistent"] = z3.And([s.idx[b] == s.hash[b] for b in range(n)])
+    idle = z3.And([s.ref[b] <= 0 for b in non_null])
+    usage = usage_numerator(s, mutant)
+    out["usage-excludes-null"] = z3.And(
+        usage == (n - 1 - s.num_free) * n, z3.Implies(idle, usage == 0)
+    )
+    used = s.count([s.ref[b] > 0 for b in non_null])
+    out["conservation"] = s.num_free + used == n - 1
+    order: list[Expr] = []
+    for x in range(n):
+        for h in cfg.hashes:
+            p = cfg.parent(h)
+            if p == 0:
+                continue
+            safe = z3.Or([
+                z3.And(s.hash[b] == p, z3.Or(s.ref[b] > 0, z3.And(s.inq[b], s.ahead[x][b])))
+                for b in range(n)
+            ])
+            order.append(z3.Implies(z3.And(s.inq[x], s.hash[x] == h), safe))
+    out["eviction-order"] = z3.And(order)
+    out["table-references"] = z3.And([s.ref[b] == s.slots(b) for b in non_null])
+    chained: list[Expr] = []
+    for q in range(cfg.num_requests):
+        chained.append(z3.Implies(s.last[q] == 0, s.nc[q] == 0))
+        for h in cfg.hashes:
+            chain = cfg.chain(h)
+            if len(chain) > cfg.table_len:
+                chained.append(s.last[q] != h)
+                continue
+            body = [s.nc[q] == len(chain)]
+            for j, c in enumerate(chain):
+                body += [s.tbl[q][j] != 0, s.hash_of(s.tbl[q][j]) == c]
+            chained.append(z3.Implies(s.last[q] == h, z3.And(body)))
+    out["cached-prefix-chained"] = z3.And(chained)
+    return out
+
+
+def auxiliary_terms(s: SymState) -> dict[str, Expr]:
+    """Candidate strengthening invariants for induction (see docs/prove.md for why each
+    is true). They speak of the encoding's bookkeeping (orders, table shape), so
+    they are not invariants of :mod:`spec.invariants`, only of this model."""
+    cfg = s.cfg
+    n, lim, hmax = cfg.num_blocks, cfg.table_len, cfg.num_hashes
+    out: dict[str, Expr] = {}
+    def order(rel: list[list[Expr]], member: Callable[[int], Expr]) -> tuple[Expr, Expr]:
+        total = z3.And([
+            z3.Implies(z3.And(member(a), member(b)), rel[a][b] != rel[b][a])
+            for a in range(n) for b in range(a + 1, n)
+        ])
+        transitive = z3.And([
+            z3.Implies(z3.And(member(a), member(b), member(c), rel[a][b], rel[b][c]),
+                       rel[a][c])
+            for a in range(n) for b in range(n) for c in range(n)
+            if len({a, b, c}) == 3
+        ])
+        return total, transitive
+
+    out["queue-order-total"], out["queue-order-transitive"] = order(
+        s.ahead, lambda b: s.inq[b]
+    )
+    out["index-order-total"], out["index-order-transitive"] = order(
+        s.older, lambda b: s.idx[b] != 0
+    )
+    shape: list[Expr] = []
+    for q in range(cfg.num_requests):
+        shape += [s.nc[q] >= 0, s.nc[q] <= s.len[q], s.len[q] <= lim]
+        shape += [z3.Implies(j < s.len[q], z3.And(s.tbl[q][j] >= 0, s.tbl[q][j] < n))
+                  for j in range(lim)]
+    out["table-shape"] = z3.And(shape)
+    values: list[Expr] = []
+    for b in range(n):
+        values += [s.hash[b] >= 0, s.hash[b] <= hmax, s.idx[b] >= 0, s.idx[b] <= hmax]
+    for q in range(cfg.num_requests):
+        values += [s.last[q] >= 0, s.last[q] <= hmax]
+    out["values-in-range"] = z3.And(values)
+    out["shared-blocks-hashed"] = z3.And([
+        z3.Implies(s.ref[b] > 1, s.hash[b] != 0) for b in range(1, n)
+    ])
+    out["table-entries-distinct"] = z3.And([
+        z3.Implies(z3.And(j < s.len[q], i < j), z3.Or(s.tbl[q][i] == 0, s.tbl[q][i] != s.tbl[q][j]))
+        for q in range(cfg.num_requests) for j in range(lim) for i in range(j)
+    ])
+    out["uncached-suffix-unhashed"] = z3.And([
+        z3.Implies(z3.And(s.nc[q] <= j, j < s.len[q]), s.hash_of(s.tbl[q][j]) == 0)
+        for q in range(cfg.num_requests) for j in range(lim)
+    ])
+    return out
+
+
+AUXILIARY_MEANING: dict[str, str] = {
+    "queue-order-total": "of two queued blocks, exactly one is ahead of the other",
+    "queue-order-transitive": "ahead-of is transitive on queued blocks (a list order)",
+    "index-order-total": "of two index entries, exactly one was inserted first",
+    "index-order-transitive": "inserted-before is transitive on index entries",
+    "table-shape": "0 <= cached <= length <= L, and table entries are block ids",
+    "values-in-range": "hashes, index keys and last hashes lie in 0..H",
+    "table-entries-distinct": "a table holds a non-null block at most once",
+    "shared-blocks-hashed": "a block held by two slots is hashed (only prefix hits share)",
+    "uncached-suffix-unhashed": "blocks past a table's cached prefix carry no hash",
+}

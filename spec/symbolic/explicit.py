@@ -1,0 +1,305 @@
+"""The request-level world run on the executable spec: the ground truth for the z3 model.
+
+Every request operation (:mod:`spec.symbolic.model`) is carried out here by calling the
+:mod:`spec.pool` functions (or a mutant's twins), recording the pool calls it made. Three
+things rest on this file:
+
+* the honesty check: z3's transition relation must admit exactly the post-state
+  :func:`step` computes, and nothing when :func:`step` refuses;
+* the brute-force breadth-first search (:func:`shortest_violation`) whose lengths BMC's
+  must equal;
+* decoding: a z3 counterexample is re-run through :func:`step`, so every trace kvspec
+  writes came out of the executable spec, not out of the solver.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from spec.errors import Refused
+from spec.invariants import check_all, snapshot
+from spec.pool import NULL_BLOCK, PoolState, get_cached_block, init_pool
+from spec.symbolic.model import OP_MEANING, REQUEST_INVARIANTS, ModelConfig, Op, all_ops
+from spec.symbolic.twins import SPEC, PoolSemantics
+
+#: One pool call as a trace records it: (operation, args), hashes as ``bytes``.
+PoolCall = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class World:
+    """The pool plus what the requests know: tables, cached prefix length, last hash."""
+
+    pool: PoolState
+    tables: tuple[tuple[int, ...], ...]
+    ncached: tuple[int, ...]
+    rlast: tuple[int, ...]
+    #: Blocks handed out by the step that produced this world, with their prior ref count.
+    allocated: tuple[tuple[int, int], ...] = ()
+
+    def key(self) -> tuple:
+        return (self.pool.key(), self.tables, self.ncached, self.rlast, self.allocated)
+
+
+@dataclass
+class StepResult:
+    world: World
+    calls: list[PoolCall] = field(default_factory=list)
+
+
+def initial_world(cfg: ModelConfig) -> World:
+    r = cfg.num_requests
+    return World(
+        pool=init_pool(cfg.num_blocks, profile=cfg.profile),
+        tables=((),) * r,
+        ncached=(0,) * r,
+        rlast=(0,) * r,
+    )
+
+
+def _clone(s: PoolState) -> PoolState:
+    """A copy of the pool; ``deepcopy`` would dominate the search's running time."""
+    return PoolState(
+        num_blocks=s.num_blocks,
+        enable_caching=s.enable_caching,
+        profile=s.profile,
+        ref_cnt=list(s.ref_cnt),
+        block_hash=list(s.block_hash),
+        free_queue=list(s.free_queue),
+        cached={h: list(bs) for h, bs in s.cached.items()},
+        parent_of=dict(s.parent_of),
+    )
+
+
+def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepResult | None:
+    """Carry out ``op``; ``None`` when the request cannot do it or the pool refuses.
+
+    The request-side guards (a table has room, a table is empty for a hit, a hash extends
+    the request's last hash) are choices of the driver; the pool's guards are the spec's
+    :class:`~spec.errors.Refused`. A mutant twin may also fail with ``ValueError`` where
+    its bug leaves the pool inconsistent; that counts as a refusal too.
+    """
+    s = _clone(w.pool)
+    tables = [list(t) for t in w.tables]
+    nc = list(w.ncached)
+    rl = list(w.rlast)
+    calls: list[PoolCall] = []
+    allocated: dict[int, int] = {}
+    r = op.req
+    limit = cfg.table_len
+    if op.kind not in OP_MEANING:
+        raise ValueError(f"step: unknown operation kind {op.kind!r}")
+    try:
+        if op.kind == "allocate":
+            if len(tables[r]) >= limit:
+                return None
+            before = list(s.ref_cnt)
+            calls.append(("get_new_blocks", {"num_blocks": 1}))
+            (b,) = sem.get_new_blocks(s, 1)
+            allocated = {b: before[b]}
+            tables[r].append(b)
+        elif op.kind == "cache":
+            c = nc[r]
+            if c >= len(tables[r]) or cfg.parent(op.arg) != rl[r]:
+                return None
+            x = tables[r][c]
+            parent = cfg.hash_bytes(rl[r]) if rl[r] else None
+            h = cfg.hash_bytes(op.arg)
+            calls.append(("cache_block", {"block_id": x, "block_hash": h, "parent": parent}))
+            sem.cache_block(s, x, h, parent)
+            nc[r] += 1
+            rl[r] = op.arg
+        elif op.kind == "hit":
+            if tables[r] or cfg.depth(op.arg) > limit:
+                return None
+            hits: list[int] = []
+            for h in cfg.chain(op.arg):
+                hb = cfg.hash_bytes(h)
+                calls.append(("get_cached_block", {"block_hash": hb}))
+                b = get_cached_block(s, hb)
+                if b is None:
+                    return None
+                hits.append(b)
+            calls.append(("touch", {"block_ids": list(hits)}))
+            sem.touch(s, hits)
+            tables[r] = hits
+            nc[r] = len(hits)
+            rl[r] = op.arg
+        elif op.kind == "free":
+            if not tables[r]:
+                return None
+            order = list(reversed(tables[r]))
+            calls.append(("free_blocks", {"block_ids": order}))
+            sem.free_blocks(s, order)
+            tables[r], nc[r], rl[r] = [], 0, 0
+        elif op.kind == "fork":
+            if not tables[r]:
+                return None
+            x = tables[r][-1]
+            before = list(s.ref_cnt)
+            calls.append(("fork_block", {"block_id": x}))
+            y = sem.fork_block(s, x)
+            if y != x:
+                allocated = {y: before[y]}
+                tables[r][-1] = y
+                if nc[r] == len(tables[r]):
+                    nc[r] -= 1
+                    rl[r] = cfg.parent(rl[r])
+        elif op.kind == "pad":
+            if len(tables[r]) >= limit:
+                return None
+            calls.append(("touch", {"block_ids": [NULL_BLOCK]}))
+            sem.touch(s, [NULL_BLOCK])
+            tables[r].append(NULL_BLOCK)
+        elif op.kind == "reset":
+            calls.append(("reset_prefix_cache", {}))
+            sem.reset_prefix_cache(s)
+        elif op.kind == "stray_free":
+            if any(op.arg in t for t in tables):
+                return None
+            calls.append(("free_blocks", {"block_ids": [op.arg]}))
+            sem.free_blocks(s, [op.arg])
+    except (Refused, ValueError):
+        return None
+    world = World(
+        pool=s,
+        tables=tuple(tuple(t) for t in tables),
+        ncached=tuple(nc),
+        rlast=tuple(rl),
+        allocated=tuple(sorted(allocated.items())),
+    )
+    return StepResult(world, calls)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def table_references(cfg: ModelConfig, w: World) -> list[str]:
+    counts = Counter(b for t in w.tables for b in t)
+    return [
+        f"block {b} has ref_cnt {w.pool.ref_cnt[b]} but {counts[b]} table slot(s) hold it"
+        for b in range(1, cfg.num_blocks)
+        if w.pool.ref_cnt[b] != counts[b]
+    ]
+
+
+def cached_prefix_chained(cfg: ModelConfig, w: World) -> list[str]:
+    out: list[str] = []
+    for r, table in enumerate(w.tables):
+        chain = cfg.chain(w.rlast[r]) if w.rlast[r] else ()
+        if len(chain) != w.ncached[r]:
+            out.append(
+                f"request {r} has {w.ncached[r]} cached block(s) but its last hash "
+                f"h{w.rlast[r]} ends a chain of {len(chain)}"
+            )
+            continue
+        for j, h in enumerate(chain):
+            b = table[j]
+            if b == NULL_BLOCK or w.pool.block_hash[b] != cfg.hash_bytes(h):
+                out.append(
+                    f"request {r}'s cached block {j} is block {b} holding "
+                    f"{w.pool.block_hash[b]!r}, expected {cfg.hash_bytes(h)!r}"
+                )
+    return out
+
+
+_REQUEST_CHECKS = {
+    "table-references": table_references,
+    "cached-prefix-chained": cached_prefix_chained,
+}
+assert set(_REQUEST_CHECKS) == set(REQUEST_INVARIANTS)
+
+
+def check_world(
+    cfg: ModelConfig, w: World, sem: PoolSemantics = SPEC, names: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Every broken invariant (pool and request level) of ``w``, with its violations."""
+    snap = replace(snapshot(w.pool, dict(w.allocated)), usage=sem.get_usage(w.pool))
+    pool_names = None if names is None else [n for n in names if n not in _REQUEST_CHECKS]
+    out = check_all(snap, pool_names) if pool_names is None or pool_names else {}
+    for name, fn in _REQUEST_CHECKS.items():
+        if names is not None and name not in names:
+            continue
+        violations = fn(cfg, w)
+        if violations:
+            out[name] = violations
+    return out
+
+
+# --------------------------------------------------------------------------- search
+
+
+def successors(
+    cfg: ModelConfig, w: World, sem: PoolSemantics = SPEC
+) -> Iterator[tuple[Op, StepResult]]:
+    for op in all_ops(cfg):
+        res = step(cfg, w, op, sem)
+        if res is not None:
+            yield op, res
+
+
+def shortest_violation(
+    cfg: ModelConfig,
+    sem: PoolSemantics = SPEC,
+    max_depth: int = 8,
+    names: list[str] | None = None,
+) -> tuple[int, set[str]] | None:
+    """Breadth-first search: the fewest operations reaching a state that breaks one of
+    ``names`` (all by default), and every invariant some state at that depth breaks."""
+    frontier = [initial_world(cfg)]
+    seen = {frontier[0].key()}
+    for depth in range(max_depth + 1):
+        broken: set[str] = set()
+        for w in frontier:
+            broken |= set(check_world(cfg, w, sem, names))
+        if broken:
+            return depth, broken
+        if depth == max_depth:
+            break
+        nxt: list[World] = []
+        for w in frontier:
+            for _op, res in successors(cfg, w, sem):
+                k = res.world.key()
+                if k not in seen:
+                    seen.add(k)
+                    nxt.append(res.world)
+        frontier = nxt
+    return None
+
+
+def reachable(cfg: ModelConfig, max_depth: int, sem: PoolSemantics = SPEC) -> list[World]:
+    """Every world reachable in at most ``max_depth`` operations (for tests and checks)."""
+    frontier = [initial_world(cfg)]
+    seen = {frontier[0].key()}
+    out = list(frontier)
+    for _ in range(max_depth):
+        nxt: list[World] = []
+        for w in frontier:
+            for _op, res in successors(cfg, w, sem):
+                k = res.world.key()
+                if k not in seen:
+                    seen.add(k)
+                    nxt.append(res.world)
+        out += nxt
+        frontier = nxt
+    return out
+
+
+def run_ops(
+    cfg: ModelConfig, ops: list[Op], sem: PoolSemantics = SPEC
+) -> tuple[list[World], list[list[PoolCall]]]:
+    """Run ``ops`` from the initial world; raise if the executable model refuses one."""
+    worlds = [initial_world(cfg)]
+    calls: list[list[PoolCall]] = []
+    for i, op in enumerate(ops):
+        res = step(cfg, worlds[-1], op, sem)
+        if res is None:
+            raise RuntimeError(
+                f"step {i + 1}: {op.describe()} is refused by the executable model"
+            )
+        worlds.append(res.world)
+        calls.append(res.calls)
+    return worlds, calls

@@ -1,0 +1,173 @@
+"""Unbounded proofs: an inductive strengthening found by Houdini, then k-induction.
+
+An invariant P holds in every reachable state if some set of facts I containing P is
+*inductive*: I holds initially, and one operation from any state satisfying I leads to a
+state satisfying I. P alone is rarely inductive (``eviction-order`` after a ``free`` needs
+to know the freed table's cached prefix is chained, which needs ``table-references``, ...),
+so the candidates are every named invariant plus the auxiliary facts of
+:func:`spec.symbolic.encoding.auxiliary_terms`.
+
+Houdini finds the largest inductive subset of the candidates: drop every candidate that
+is false initially, then repeatedly drop every candidate that one step can break from a
+state satisfying all the surviving ones, until nothing more drops. What survives is
+proved. A named invariant that was dropped can then be tried by :func:`k_induction`,
+strengthened by the survivors, once bounded model checking has covered its base case.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import z3
+
+from spec.symbolic.encoding import (
+    SymState,
+    auxiliary_terms,
+    initial,
+    invariant_terms,
+    transition,
+)
+from spec.symbolic.model import ModelConfig
+
+
+@dataclass
+class InductionReport:
+    """What induction established. ``proved[name]`` names the method; ``dropped[name]``
+    says why a candidate did not survive; ``survivors`` is the inductive set found."""
+
+    proved: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    auxiliary_used: list[str] = field(default_factory=list)
+    survivors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    timed_out: bool = False
+
+
+def _candidates(s: SymState, mutant: str | None) -> dict[str, z3.ExprRef]:
+    out = dict(invariant_terms(s, mutant))
+    out.update(auxiliary_terms(s))
+    return out
+
+
+DEFAULT_WIDTH = 8
+
+
+def _solver(width: int | None) -> z3.Solver:
+    return z3.SolverFor("QF_LIA" if width is None else "QF_BV")
+
+
+def houdini(
+    cfg: ModelConfig,
+    mutant: str | None = None,
+    candidates: list[str] | None = None,
+    deadline: float | None = None,
+    width: int | None = DEFAULT_WIDTH,
+) -> tuple[list[str], dict[str, str], bool]:
+    """The largest inductive subset of ``candidates`` (all by default).
+
+    Returns (survivors, {dropped: reason}, timed_out).
+    """
+    s0, s1 = SymState(cfg, "h0", width), SymState(cfg, "h1", width)
+    pre, post = _candidates(s0, mutant), _candidates(s1, mutant)
+    alive = [n for n in (candidates or list(pre))]
+    dropped: dict[str, str] = {}
+
+    init = _solver(width)
+    init.add(*initial(s0))
+    for name in list(alive):
+        init.push()
+        init.add(z3.Not(pre[name]))
+        if init.check() != z3.unsat:
+            dropped[name] = "false in the initial state"
+            alive.remove(name)
+        init.pop()
+
+    step = transition(s0, s1, s0.op_var("op@h"), mutant)
+    # Each pass asserts the survivors as plain facts (faster than assumption literals)
+    # and asks, candidate by candidate, whether one step can break it; every candidate
+    # that can is dropped, and the pass repeats until none drops.
+    while alive:
+        solver = _solver(width)
+        solver.add(*step)
+        solver.add(*[pre[n] for n in alive])
+        failed: list[str] = []
+        for name in alive:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return alive, dropped, True
+                solver.set("timeout", max(1, int(left * 1000)))
+            solver.push()
+            solver.add(z3.Not(post[name]))
+            verdict = solver.check()
+            solver.pop()
+            if verdict == z3.unknown:
+                return alive, dropped, True
+            if verdict == z3.sat:
+                failed.append(name)
+        if not failed:
+            break
+        for name in failed:
+            dropped[name] = "one step can break it from a state satisfying the survivors"
+            alive.remove(name)
+    return alive, dropped, False
+
+
+def k_induction(
+    cfg: ModelConfig,
+    name: str,
+    strengthening: list[str],
+    k: int,
+    mutant: str | None = None,
+    deadline: float | None = None,
+    width: int | None = DEFAULT_WIDTH,
+) -> z3.CheckSatResult:
+    """The inductive step of k-induction for ``name``: ``unsat`` means k consecutive
+    states satisfying it (and ``strengthening``) force the next one to. The base case
+    (no counterexample of length < k) is bounded model checking's job."""
+    states = [SymState(cfg, f"k{i}", width) for i in range(k + 1)]
+    solver = _solver(width)
+    if deadline is not None:
+        solver.set("timeout", max(1, int((deadline - time.monotonic()) * 1000)))
+    for i, s in enumerate(states):
+        terms = _candidates(s, mutant)
+        solver.add(*[terms[n] for n in strengthening])
+        if i < k:
+            solver.add(terms[name])
+            solver.add(*transition(s, states[i + 1], s.op_var(f"op@k{i}"), mutant))
+        else:
+            solver.add(z3.Not(terms[name]))
+    return solver.check()
+
+
+def prove(
+    cfg: ModelConfig,
+    names: list[str],
+    mutant: str | None = None,
+    deadline: float | None = None,
+    width: int | None = DEFAULT_WIDTH,
+) -> InductionReport:
+    """Prove what Houdini can of ``names``; the survivors are in ``report.survivors``."""
+    report = InductionReport()
+    started = time.monotonic()
+    alive, dropped, timed_out = houdini(cfg, mutant, deadline=deadline, width=width)
+    elapsed = time.monotonic() - started
+    report.dropped = dropped
+    report.timed_out = timed_out
+    if timed_out:
+        return report
+    aux = set(auxiliary_terms(SymState(cfg, "aux")))
+    report.survivors = list(alive)
+    report.auxiliary_used = [n for n in alive if n in aux]
+    for name in names:
+        if name in alive:
+            report.proved[name] = "induction"
+            report.seconds[name] = elapsed
+    return report
+
+
+def lemma_names(report: InductionReport) -> list[str]:
+    """The survivors as :func:`spec.symbolic.bmc.bmc` takes them (``aux:`` prefixed)."""
+    aux = set(report.auxiliary_used)
+    return [f"aux:{n}" if n in aux else n for n in report.survivors]
