@@ -225,6 +225,7 @@ def bmc(
     symmetry: bool = True,
     width: int | None = 0,
     assume: list[str] = (),  # type: ignore[assignment]
+    stop_at_first: bool = False,
     deadline: float | None = None,
     on_depth: Callable[[int, float], None] | None = None,
 ) -> dict[str, Result]:
@@ -236,6 +237,8 @@ def bmc(
     ``width``: bits per integer (0: :func:`width_for`; ``None``: unbounded integers).
     ``assume``: invariants and auxiliary facts (``aux:NAME``) already *proved* for this
     model and mutant (by induction); asserted in every state, they prune the search.
+    ``stop_at_first``: stop at the first depth where some invariant breaks (the others
+    are then reported as holding to that depth).
     """
     get_mutant(mutant)  # a clear error for an unknown name
     names = list(names or all_invariant_names(cfg))
@@ -298,7 +301,7 @@ def bmc(
         checked = k
         if on_depth is not None:
             on_depth(k, time.monotonic() - started)
-        if not open_names:
+        if not open_names or (stop_at_first and any(n in names for n in broken)):
             break
     for name in open_names:
         results[name] = Result(name, "holds", checked, time.monotonic() - started)

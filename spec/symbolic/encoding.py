@@ -580,25 +580,14 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
     cfg = s.cfg
     n, lim, hmax = cfg.num_blocks, cfg.table_len, cfg.num_hashes
     out: dict[str, Expr] = {}
-    def order(rel: list[list[Expr]], member: Callable[[int], Expr]) -> tuple[Expr, Expr]:
-        total = z3.And([
+    def total(rel: list[list[Expr]], member: Callable[[int], Expr]) -> Expr:
+        return z3.And([
             z3.Implies(z3.And(member(a), member(b)), rel[a][b] != rel[b][a])
             for a in range(n) for b in range(a + 1, n)
         ])
-        transitive = z3.And([
-            z3.Implies(z3.And(member(a), member(b), member(c), rel[a][b], rel[b][c]),
-                       rel[a][c])
-            for a in range(n) for b in range(n) for c in range(n)
-            if len({a, b, c}) == 3
-        ])
-        return total, transitive
 
-    out["queue-order-total"], out["queue-order-transitive"] = order(
-        s.ahead, lambda b: s.inq[b]
-    )
-    out["index-order-total"], out["index-order-transitive"] = order(
-        s.older, lambda b: s.idx[b] != 0
-    )
+    out["queue-order-total"] = total(s.ahead, lambda b: s.inq[b])
+    out["index-order-total"] = total(s.older, lambda b: s.idx[b] != 0)
     shape: list[Expr] = []
     for q in range(cfg.num_requests):
         shape += [s.nc[q] >= 0, s.nc[q] <= s.len[q], s.len[q] <= lim]
@@ -614,10 +603,6 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
     out["shared-blocks-hashed"] = z3.And([
         z3.Implies(s.ref[b] > 1, s.hash[b] != 0) for b in range(1, n)
     ])
-    out["table-entries-distinct"] = z3.And([
-        z3.Implies(z3.And(j < s.len[q], i < j), z3.Or(s.tbl[q][i] == 0, s.tbl[q][i] != s.tbl[q][j]))
-        for q in range(cfg.num_requests) for j in range(lim) for i in range(j)
-    ])
     out["uncached-suffix-unhashed"] = z3.And([
         z3.Implies(z3.And(s.nc[q] <= j, j < s.len[q]), s.hash_of(s.tbl[q][j]) == 0)
         for q in range(cfg.num_requests) for j in range(lim)
@@ -627,12 +612,9 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
 
 AUXILIARY_MEANING: dict[str, str] = {
     "queue-order-total": "of two queued blocks, exactly one is ahead of the other",
-    "queue-order-transitive": "ahead-of is transitive on queued blocks (a list order)",
     "index-order-total": "of two index entries, exactly one was inserted first",
-    "index-order-transitive": "inserted-before is transitive on index entries",
     "table-shape": "0 <= cached <= length <= L, and table entries are block ids",
     "values-in-range": "hashes, index keys and last hashes lie in 0..H",
-    "table-entries-distinct": "a table holds a non-null block at most once",
     "shared-blocks-hashed": "a block held by two slots is hashed (only prefix hits share)",
     "uncached-suffix-unhashed": "blocks past a table's cached prefix carry no hash",
 }
