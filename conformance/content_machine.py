@@ -26,7 +26,6 @@ mutant of the zoo and returns its kill-matrix row.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,10 +49,10 @@ from conformance.protocol import PoolTarget
 from conformance.runner import (
     DEFAULT_DB,
     CheckResult,
-    Progress,
-    build_settings,
-    run_machine,
-    settings_profile,
+    MachineClass,
+    OnFailure,
+    OnStep,
+    drive,
 )
 from conformance.targets import impl_pool_factory, unsupported_operations
 from conformance.trace import Step
@@ -275,61 +274,40 @@ def run_content_check(
     the result holds the shrunk :class:`ContentDivergence` (whose ``trace()`` is a
     ``content`` trace of scheduler actions).
     """
-    chosen = settings_profile(settings_name)
     dtype = dtype_name(dtype)
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:  # torch's "not compiled with CUDA" asserts
         raise ValueError(f"run_content_check: device {device!r} is not available: {exc}") from None
-    stats = RunStats()
-    failures: list[Divergence] = []
-    first_failure_at: list[int] = []
-    display = Progress(stats, progress)
-
-    def on_failure(failure: Divergence) -> None:
-        if not first_failure_at:
-            first_failure_at.append(stats.examples)
-        failures.append(failure)
-
     unsupported = unsupported_operations(factory)
-    machine = make_content_machine(
-        factory,
-        store_cls=store_cls,
-        profile=profile,
-        mode=mode,
-        device=device,
-        dtype=dtype,
-        stats=stats,
-        on_failure=on_failure,
-        on_step=display.tick,
-        on_example=on_example,
-    )
-    start = time.perf_counter()
-    failure: Divergence | None = None
-    try:
-        run_machine(
-            machine,
-            build_settings(chosen, max_examples=max_examples, steps=steps, database=database),
-            seed=seed,
-            database_key=f"kvspec:content:{target_name}:{profile}:{mode}:{device}:{dtype}",
+
+    def build(stats: RunStats, on_failure: OnFailure, on_step: OnStep) -> MachineClass:
+        return make_content_machine(
+            factory,
+            store_cls=store_cls,
+            profile=profile,
+            mode=mode,
+            device=device,
+            dtype=dtype,
+            stats=stats,
+            on_failure=on_failure,
+            on_step=on_step,
+            on_example=on_example,
         )
-    except Divergence:
-        failure = failures[-1]
-    except Exception:  # a harness error is still a failure to show, if one was recorded
-        if not failures:
-            raise
-        failure = failures[-1]
-    finally:
-        display.done()
-    return CheckResult(
-        target=target_name,
+
+    return drive(
+        build,
+        target_name=target_name,
         level="content",
         profile=profile,
         mode=mode,
-        failure=failure,
-        stats=stats,
-        seconds=time.perf_counter() - start,
-        examples_to_failure=first_failure_at[0] if first_failure_at else None,
+        settings_name=settings_name,
+        max_examples=max_examples,
+        steps=steps,
+        seed=seed,
+        database=database,
+        database_key=f"kvspec:content:{target_name}:{profile}:{mode}:{device}:{dtype}",
+        progress=progress,
         unsupported=unsupported,
     )
 
@@ -354,13 +332,4 @@ def run_content_mutant(
         progress=False,
         device=device,
     )
-    failure = result.failure
-    return KillRow(
-        name=name,
-        level=mutant.level,
-        caught=failure is not None,
-        caught_by=failure.caught_by if failure else "-",
-        examples=result.examples_to_failure,
-        seconds=result.seconds,
-        shrunk_length=len(failure.steps) if failure else None,
-    )
+    return KillRow.from_result(name, mutant.level, result)

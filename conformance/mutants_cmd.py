@@ -11,7 +11,7 @@ import argparse
 import statistics
 from dataclasses import dataclass
 
-from conformance.runner import SETTINGS_PROFILES
+from conformance.runner import SETTINGS_PROFILES, CheckResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,19 @@ class KillRow:
     examples: int | None
     seconds: float
     shrunk_length: int | None
+
+    @classmethod
+    def from_result(cls, name: str, level: str, result: CheckResult) -> KillRow:
+        failure = result.failure
+        return cls(
+            name=name,
+            level=level,
+            caught=failure is not None,
+            caught_by=failure.caught_by if failure else "-",
+            examples=result.examples_to_failure,
+            seconds=result.seconds,
+            shrunk_length=len(failure.steps) if failure else None,
+        )
 
 
 def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> KillRow:
@@ -53,16 +66,7 @@ def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> Ki
         database=None,
         progress=False,
     )
-    failure = result.failure
-    return KillRow(
-        name=name,
-        level=mutant.level,
-        caught=failure is not None,
-        caught_by=failure.caught_by if failure else "-",
-        examples=result.examples_to_failure,
-        seconds=result.seconds,
-        shrunk_length=len(failure.steps) if failure else None,
-    )
+    return KillRow.from_result(name, mutant.level, result)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -152,6 +152,67 @@ def run_check(
         raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
     if level == "manager" and mode != "strict":
         raise ValueError(f"the manager level runs in strict mode only, not {mode!r}")
+    unsupported = frozenset(getattr(factory, "unsupported", frozenset()))
+    if level == "manager":
+        switched_off = frozenset(f"bad:{k}" for k in unsupported_bad_inputs(factory))
+
+        def build(stats: RunStats, on_failure: OnFailure, on_step: OnStep) -> MachineClass:
+            return make_manager_machine(
+                factory, profile=profile, bad_input=bad_input, stats=stats,
+                on_failure=on_failure, on_step=on_step,
+            )
+    else:
+        switched_off = unsupported
+
+        def build(stats: RunStats, on_failure: OnFailure, on_step: OnStep) -> MachineClass:
+            return make_pool_machine(
+                factory, profile=profile, mode=mode, bad_input=bad_input,
+                unsupported=unsupported, stats=stats, on_failure=on_failure, on_step=on_step,
+            )
+
+    return drive(
+        build,
+        target_name=target_name,
+        level=level,
+        profile=profile,
+        mode=mode,
+        settings_name=settings_name,
+        max_examples=max_examples,
+        steps=steps,
+        seed=seed,
+        database=database,
+        database_key=f"kvspec:{level}:{target_name}:{profile}:{mode}",
+        progress=progress,
+        unsupported=switched_off,
+    )
+
+
+OnFailure = Callable[[Divergence], None]
+OnStep = Callable[[], None]
+MachineClass = type[RuleBasedStateMachine]
+
+
+def drive(
+    build: Callable[[RunStats, OnFailure, OnStep], MachineClass],
+    *,
+    target_name: str,
+    level: str,
+    profile: str,
+    mode: str,
+    settings_name: str | None,
+    max_examples: int | None,
+    steps: int | None,
+    seed: int | None,
+    database: Path | None,
+    database_key: str,
+    progress: bool,
+    unsupported: frozenset[str] = frozenset(),
+) -> CheckResult:
+    """Run the machine ``build`` makes under Hypothesis; every level's runner ends here.
+
+    ``build(stats, on_failure, on_step)`` returns the machine class, wired to count into
+    ``stats``, to report each divergence it raises, and to tick the progress line.
+    """
     chosen = settings_profile(settings_name)
     stats = RunStats()
     failures: list[Divergence] = []
@@ -163,28 +224,7 @@ def run_check(
             first_failure_at.append(stats.examples)
         failures.append(failure)
 
-    unsupported = frozenset(getattr(factory, "unsupported", frozenset()))
-    if level == "manager":
-        unsupported = frozenset(f"bad:{k}" for k in unsupported_bad_inputs(factory))
-        machine = make_manager_machine(
-            factory,
-            profile=profile,
-            bad_input=bad_input,
-            stats=stats,
-            on_failure=on_failure,
-            on_step=display.tick,
-        )
-    else:
-        machine = make_pool_machine(
-            factory,
-            profile=profile,
-            mode=mode,
-            bad_input=bad_input,
-            unsupported=unsupported,
-            stats=stats,
-            on_failure=on_failure,
-            on_step=display.tick,
-        )
+    machine = build(stats, on_failure, display.tick)
     start = time.perf_counter()
     failure: Divergence | None = None
     try:
@@ -192,15 +232,14 @@ def run_check(
             machine,
             build_settings(chosen, max_examples=max_examples, steps=steps, database=database),
             seed=seed,
-            database_key=f"kvspec:{level}:{target_name}:{profile}:{mode}",
+            database_key=database_key,
         )
     except Divergence:
         failure = failures[-1]
-    except Exception as exc:  # noqa: BLE001 - a harness error is still a failure to show
-        if not failures:
+    except Exception:
+        if not failures:  # a harness error with no divergence behind it is a real error
             raise
         failure = failures[-1]
-        del exc
     finally:
         display.done()
     return CheckResult(
