@@ -119,7 +119,7 @@ module.path:factory`` loads one; a factory is recognised as a manager factory by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: The six statistics counters, in the order ``get_prefix_cache_stats`` returns them.
 STATS_FIELDS = (
@@ -179,3 +179,30 @@ class ManagerFactory(Protocol):
         enable_caching: bool = True,
         profile: str = "current",
     ) -> ManagerTarget: ...
+
+
+class UnknownRequestError(KeyError):
+    """An operation named a request id that was never added."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown request"
+
+
+class RequestRegistry:
+    """The scheduler's bookkeeping an adapter needs: requests by id, refusing unknown and
+    duplicate ids. Upstream managers leave this to their scheduler; adapters inherit it."""
+
+    requests: dict[str, Any]
+
+    def _request(self, request_id: str, op: str) -> Any:
+        try:
+            return self.requests[request_id]
+        except KeyError:
+            raise UnknownRequestError(
+                f"{op}: request {request_id!r} was never added; expected one of "
+                f"{sorted(self.requests)}"
+            ) from None
+
+    def _require_new(self, request_id: str) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"add_request: request {request_id!r} already exists")

@@ -21,7 +21,11 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conformance.manager_protocol import STATS_FIELDS, ManagerFactory
+from conformance.manager_protocol import (
+    STATS_FIELDS,
+    ManagerFactory,
+    RequestRegistry,
+)
 from conformance.targets import TargetSpecError, load_factory
 from impl.block import get_block_hash
 from impl.kv_cache_manager import KVCacheManager
@@ -34,14 +38,7 @@ BUILTIN_MANAGER_TARGETS: dict[str, str] = {
 }
 
 
-class UnknownRequestError(KeyError):
-    """An operation named a request id that was never added."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown request"
-
-
-class ImplManager:
+class ImplManager(RequestRegistry):
     """:class:`ManagerTarget` over kvspec's :class:`~impl.kv_cache_manager.KVCacheManager`.
 
     LoRA requests get ``lora_path=""``: the protocol names an adapter by its name alone,
@@ -65,15 +62,6 @@ class ImplManager:
 
     # -- requests (the scheduler's side) ---------------------------------------------------
 
-    def _request(self, request_id: str, op: str) -> Request:
-        try:
-            return self.requests[request_id]
-        except KeyError:
-            raise UnknownRequestError(
-                f"{op}: request {request_id!r} was never added; expected one of "
-                f"{sorted(self.requests)}"
-            ) from None
-
     def add_request(
         self,
         request_id: str,
@@ -82,8 +70,7 @@ class ImplManager:
         lora_name: str | None = None,
         cache_salt: str | None = None,
     ) -> None:
-        if request_id in self.requests:
-            raise ValueError(f"add_request: request {request_id!r} already exists")
+        self._require_new(request_id)
         request = Request(
             request_id,
             list(prompt_token_ids),

@@ -65,7 +65,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from conformance.manager_protocol import STATS_FIELDS
+from conformance.manager_protocol import STATS_FIELDS, RequestRegistry
 from conformance.vllm_target import (
     INSTALL_HINT,
     VLLM_VERSION,
@@ -90,13 +90,6 @@ UNCHECKED_BAD_INPUT = frozenset({
     "hit_length_mismatch",
     "hits_into_running_request",
 })
-
-
-class UnknownRequestError(KeyError):
-    """An operation named a request id that was never added (the scheduler's check)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown request"
 
 
 class _Upstream:
@@ -137,7 +130,7 @@ class _Upstream:
         self.kv_cache_utils.init_none_hash(self.sha256)
 
 
-class VllmManager:
+class VllmManager(RequestRegistry):
     """:class:`~conformance.manager_protocol.ManagerTarget` over upstream's ``KVCacheManager``."""
 
     def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True) -> None:
@@ -174,15 +167,6 @@ class VllmManager:
 
     # -- requests (the scheduler's side) ---------------------------------------------------
 
-    def _request(self, request_id: str, op: str) -> Any:
-        try:
-            return self.requests[request_id]
-        except KeyError:
-            raise UnknownRequestError(
-                f"{op}: request {request_id!r} was never added; expected one of "
-                f"{sorted(self.requests)}"
-            ) from None
-
     def add_request(
         self,
         request_id: str,
@@ -191,8 +175,7 @@ class VllmManager:
         lora_name: str | None = None,
         cache_salt: str | None = None,
     ) -> None:
-        if request_id in self.requests:
-            raise ValueError(f"add_request: request {request_id!r} already exists")
+        self._require_new(request_id)
         up = self._up
         lora = None
         if lora_name is not None:

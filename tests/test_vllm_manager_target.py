@@ -15,13 +15,12 @@ pytest.importorskip("vllm")
 
 from conformance.driver import PoolConfig, PoolDriver  # noqa: E402
 from conformance.manager_driver import ManagerConfig, replay_steps  # noqa: E402
-from conformance.manager_protocol import ManagerTarget  # noqa: E402
+from conformance.manager_protocol import ManagerTarget, UnknownRequestError  # noqa: E402
 from conformance.manager_targets import factory_level, load_manager_factory  # noqa: E402
 from conformance.runner import run_check  # noqa: E402
 from conformance.trace import Step  # noqa: E402
 from conformance.vllm_manager_target import (  # noqa: E402
     UNCHECKED_BAD_INPUT,
-    UnknownRequestError,
     VllmManager,
     vllm_manager_factory,
 )
