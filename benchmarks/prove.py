@@ -11,7 +11,8 @@ Three tables:
 2. Induction: the time Houdini takes to prove every invariant at once, and for each
    invariant, the time of its own consecution query (one step from the inductive set).
 3. Mutants: for each symbolic mutant at the default size, the length of the shortest
-   counterexample and the time to find it and prove it shortest.
+   counterexample breaking an invariant, and of the shortest sequence after which the
+   mutant and the spec differ, with the time to find each and prove it shortest.
 
 Times are wall-clock seconds on this machine, which other work may share; rerun to see
 the spread.
@@ -74,7 +75,7 @@ def _induction(n: int, budget: float) -> tuple[float, dict[str, float], list[str
 
 def _mutants(quick: bool) -> list[list[str]]:
     from spec.profiles import get_profile
-    from spec.symbolic.bmc import bmc
+    from spec.symbolic.bmc import bmc, divergence
     from spec.symbolic.model import ModelConfig
     from spec.symbolic.twins import MUTANTS
 
@@ -87,12 +88,18 @@ def _mutants(quick: bool) -> list[list[str]]:
         results = bmc(cfg, name, None, 8, stop_at_first=True)
         took = time.monotonic() - t
         found = {r.invariant: r.depth for r in results.values() if r.status == "counterexample"}
+        t = time.monotonic()
+        differs = divergence(cfg, name, 8)
+        took_divergence = time.monotonic() - t
+        row = [name, cfg.profile.name]
         if found:
             k = min(found.values())
-            broken = ", ".join(sorted(n for n, d in found.items() if d == k))
-            rows.append([name, str(k), broken, f"{took:.2f}"])
+            row += [str(k), ", ".join(sorted(n for n, d in found.items() if d == k))]
         else:
-            rows.append([name, "none to 8", "", f"{took:.2f}"])
+            row += ["none to 8", ""]
+        row += [f"{took:.2f}", differs.describe().replace("counterexample of length ", ""),
+                f"{took_divergence:.2f}"]
+        rows.append(row)
     return rows
 
 
@@ -143,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nMutants: shortest counterexample (default size"
           f"{', quick: N=3, L=2' if args.quick else ''})")
-    print(format_table(["mutant", "length", "broken at that length", "s"], _mutants(args.quick)))
+    print(format_table(
+        ["mutant", "profile", "length", "broken at that length", "s", "differs after", "s"],
+        _mutants(args.quick),
+    ))
     return 0
 
 

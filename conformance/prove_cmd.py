@@ -4,7 +4,9 @@ For a small pool (N blocks, R requests with tables of at most L blocks, H conten
 hashes) it first looks for an inductive strengthening of the invariants (a proof for all
 depths), then runs bounded model checking with iterative deepening on whatever is not
 proved, so that a broken invariant comes with a *shortest* counterexample. With
-``--mutant NAME`` the transition relation carries that bug instead.
+``--mutant NAME`` the transition relation carries that bug instead, and one more row,
+``differs-from-spec``, gives the shortest sequence after which a caller can tell the
+mutant from the spec (some bugs break no invariant).
 
 Counterexamples are printed as numbered request operations with the pool calls they
 make, and written as ``kvspec-trace`` files that ``kvspec replay`` runs on the spec and
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="list the symbolic mutants and exit")
     parser.add_argument("--induction", action=argparse.BooleanOptionalAction, default=True,
                         help="try unbounded proofs first (default: on)")
+    parser.add_argument("--all-counterexamples", action="store_true",
+                        help="search every invariant to --depth (default: stop at the "
+                             "first depth where any invariant breaks)")
     parser.add_argument("--one-shot", action="store_true",
                         help="a fresh solver per query instead of push/pop")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
@@ -60,9 +65,11 @@ def counterexample_trace(cfg: ModelConfig, cex: Counterexample, mutant: str | No
     steps = [Step(op, dict(args)) for calls in cex.calls for op, args in calls]
     source = f"the {mutant} mutant" if mutant else "the spec"
     ops = "; ".join(f"{i}. {op.describe()}" for i, op in enumerate(cex.ops, 1))
+    what = (f"after which {source} and the spec differ" if cex.invariant == "differs-from-spec"
+            else f"by which {source} breaks {cex.invariant}")
     note = (
         f"kvspec prove: a shortest counterexample ({len(cex.ops)} request operations) "
-        f"by which {source} breaks {cex.invariant}, at {cfg.describe()}. "
+        f"{what}, at {cfg.describe()}. "
         f"Operations: {ops or '(none: the initial state)'}. "
         f"Broken: {cex.violations[0]}"
     )
@@ -80,7 +87,9 @@ def counterexample_trace(cfg: ModelConfig, cex: Counterexample, mutant: str | No
 
 def format_counterexample(cex: Counterexample) -> list[str]:
     """Numbered request operations, their pool calls and the tables after each."""
-    lines = [f"counterexample for {cex.invariant}, {len(cex.ops)} step(s):"]
+    what = ("the spec and the mutant differ" if cex.invariant == "differs-from-spec"
+            else cex.invariant)
+    lines = [f"counterexample for {what}, {len(cex.ops)} step(s):"]
     if not cex.ops:
         lines.append("  (the initial state already breaks it)")
     for i, (op, calls) in enumerate(zip(cex.ops, cex.calls, strict=True), 1):
@@ -158,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if todo:
         started = time.monotonic()
         found = bmc_mod.bmc(cfg, mname, todo, args.depth, incremental=not args.one_shot,
-                            assume=assume)
+                            assume=assume, stop_at_first=not args.all_counterexamples)
         results.update(found)
         if report is not None:
             # k-induction for what held to the full depth: BMC covered the base case.
@@ -173,14 +182,24 @@ def run(args: argparse.Namespace) -> int:
                         break
                 r.seconds = time.monotonic() - started
 
-    rows = [(n, results[n].describe(), f"{results[n].seconds:.2f}") for n in names]
+    shown = list(names)
+    if mutant is not None:
+        # A bug may break no invariant and still be visible to a caller: also look for
+        # the shortest sequence after which the mutant and the spec differ.
+        spec_lemmas: list[str] = []
+        if args.induction:
+            spec_lemmas = induction.lemma_names(induction.prove(cfg, every, None))
+        results[bmc_mod.DIVERGENCE] = bmc_mod.divergence(cfg, mname, args.depth,
+                                                          assume=spec_lemmas)
+        shown.append(bmc_mod.DIVERGENCE)
+    rows = [(n, results[n].describe(), f"{results[n].seconds:.2f}") for n in shown]
     print()
     print("\n".join(_table(rows)))
     if report is not None and report.auxiliary_used:
         print("\n  auxiliary invariants of the inductive proof:")
         for a in report.auxiliary_used:
             print(f"    {a}: {AUXILIARY_MEANING[a]}")
-    broken = [results[n] for n in names if results[n].status == "counterexample"]
+    broken = [results[n] for n in shown if results[n].status == "counterexample"]
     for r in broken:
         assert r.counterexample is not None
         print()

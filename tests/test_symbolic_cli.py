@@ -33,11 +33,23 @@ def test_prove_a_mutant_prints_numbered_steps_and_writes_a_trace(capsys, tmp_pat
     out = capsys.readouterr().out
     assert "counterexample of length 5" in out
     assert "  5. free(r0)" in out
-    (path,) = tmp_path.iterdir()
-    assert path.name == "prove-forward-free-current-eviction-order.json"
+    path = tmp_path / "prove-forward-free-current-eviction-order.json"
     trace = Trace.load(path)
     assert trace.steps[-1].op == "free_blocks"
     assert "forward-free" in json.loads(path.read_text())["note"]
+
+
+def test_prove_finds_a_mutant_that_breaks_no_invariant_by_its_divergence(capsys, tmp_path):
+    code = kvspec(["prove", "--mutant", "all-frees-appended", "--blocks", "3",
+                   "--table-len", "2", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("proved (induction)") == 10
+    assert "differs-from-spec      counterexample of length 2" in out
+    assert "free queue [1, 2] vs [2, 1]" in out
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "prove-all-frees-appended-current-differs-from-spec.json"
+    ]
 
 
 def test_prove_lists_the_symbolic_mutants(capsys):

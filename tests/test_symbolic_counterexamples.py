@@ -3,6 +3,8 @@
 The length z3 reports must equal a brute-force breadth-first search over the executable
 spec (with the mutant's twin), and the decoded trace must replay cleanly on the spec and
 fail on the mutant: on its executable twin, and on the conformance zoo's impl mutant.
+Two kinds of counterexample: a broken invariant, and a divergence from the spec (for the
+bugs that break no invariant, the only kind).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from spec.errors import Refused
 from spec.invariants import check_all, snapshot
 from spec.pool import get_cached_block, init_pool
 from spec.profiles import CLASSIC, CURRENT, get_profile
-from spec.symbolic.bmc import bmc
-from spec.symbolic.explicit import shortest_violation
+from spec.symbolic.bmc import bmc, divergence
+from spec.symbolic.explicit import shortest_divergence, shortest_violation
 from spec.symbolic.model import ModelConfig
 from spec.symbolic.twins import MUTANTS, SPEC, PoolSemantics, semantics_of
 
 SMALL = {"num_blocks": 3, "table_len": 2, "num_hashes": 3}
 
+BREAKING = sorted(name for name, m in MUTANTS.items() if m.breaks)
 CASES = [(name, get_profile(m.profile or "current")) for name, m in MUTANTS.items()] + [
     (name, CLASSIC)
     for name in ("null-returned-to-queue", "free-of-ref0-goes-negative", "touch-counts-null")
@@ -51,8 +54,29 @@ def test_bmc_shortest_counterexample_equals_breadth_first_search(mutant, profile
     brute = shortest_violation(cfg, semantics_of(MUTANTS[mutant]), max_depth=7)
     got = _first_break(mutant, profile.name)
     assert (None if got is None else got[:2]) == brute
-    if mutant != "touch-counts-null" or profile is CURRENT:
-        assert brute is not None, "every mutant is found in its own profile"
+    if mutant in BREAKING and (mutant != "touch-counts-null" or profile is CURRENT):
+        assert brute is not None, "every invariant-breaking mutant is found in its profile"
+    if not MUTANTS[mutant].breaks:
+        assert brute is None, "this mutant breaks no invariant: only divergence finds it"
+
+
+@cache
+def _divergence(mutant: str, profile_name: str):
+    cfg = ModelConfig(profile=get_profile(profile_name), **SMALL)
+    return divergence(cfg, mutant, 7)
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_bmc_shortest_divergence_from_the_spec_equals_breadth_first_search(mutant):
+    profile = get_profile(MUTANTS[mutant].profile or "current")
+    cfg = ModelConfig(profile=profile, **SMALL)
+    brute = shortest_divergence(cfg, semantics_of(MUTANTS[mutant]), max_depth=7)
+    result = _divergence(mutant, profile.name)
+    assert result.status == "counterexample"
+    assert result.depth == brute
+    found = _first_break(mutant, profile.name)
+    if found is not None:
+        assert result.depth <= found[0], "a caller sees a bug no later than it breaks a rule"
 
 
 @pytest.mark.parametrize("profile", [CURRENT, CLASSIC], ids=lambda p: p.name)
@@ -98,7 +122,7 @@ def replay_pool(trace: Trace, sem: PoolSemantics) -> list[tuple]:
     return seen
 
 
-@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+@pytest.mark.parametrize("mutant", BREAKING)
 def test_the_decoded_trace_passes_on_the_spec_and_fails_on_the_mutant_twin(mutant):
     profile = get_profile(MUTANTS[mutant].profile or "current")
     _k, _names, found = _first_break(mutant, profile.name)
@@ -121,7 +145,7 @@ def replay_pool_initial_breaks(trace: Trace, mutant: str) -> bool:
     return bool(check_all(snap))
 
 
-@pytest.mark.parametrize("mutant", sorted(set(MUTANTS) & set(ZOO)))
+@pytest.mark.parametrize("mutant", sorted(set(BREAKING) & set(ZOO)))
 def test_the_decoded_trace_replays_on_impl_and_diverges_on_the_zoos_impl_mutant(mutant):
     profile = get_profile(MUTANTS[mutant].profile or "current")
     _k, _names, found = _first_break(mutant, profile.name)
@@ -141,3 +165,12 @@ def test_a_counterexample_trace_survives_the_file_format(tmp_path):
     cache_steps = [s for s in loaded.steps if s.op == "cache_block"]
     assert cache_steps[0].args["parent"] is None
     assert cache_steps[1].args["parent"] == cache_steps[0].args["block_hash"]
+
+
+@pytest.mark.parametrize("mutant", sorted(set(MUTANTS) & set(ZOO)))
+def test_the_divergence_trace_replays_on_impl_and_diverges_on_the_zoos_impl_mutant(mutant):
+    profile = get_profile(MUTANTS[mutant].profile or "current")
+    cfg = ModelConfig(profile=profile, **SMALL)
+    trace = counterexample_trace(cfg, _divergence(mutant, profile.name).counterexample, mutant)
+    assert replay_trace(trace, "impl").ok
+    assert not replay_trace(trace, ZOO[mutant].factory).ok

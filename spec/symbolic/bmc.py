@@ -32,11 +32,22 @@ from spec.symbolic.encoding import (
     auxiliary_terms,
     initial,
     invariant_terms,
+    observation_differs,
+    step_terms,
     transition,
+    usage_numerator,
 )
-from spec.symbolic.explicit import PoolCall, World, check_world, run_ops
+from spec.symbolic.explicit import (
+    PoolCall,
+    World,
+    check_world,
+    differences,
+    initial_world,
+    run_ops,
+    step,
+)
 from spec.symbolic.model import ModelConfig, Op, all_ops
-from spec.symbolic.twins import get_mutant, semantics_of
+from spec.symbolic.twins import SPEC, get_mutant, semantics_of
 
 
 class ModelDrift(RuntimeError):
@@ -333,3 +344,105 @@ def _ask(
     fresh.add(query)
     verdict = fresh.check()
     return verdict, (fresh.model() if verdict == z3.sat and want_model else None)
+
+
+#: The pseudo-invariant a divergence counterexample is filed under.
+DIVERGENCE = "differs-from-spec"
+
+
+def divergence(
+    cfg: ModelConfig,
+    mutant: str,
+    max_depth: int = 8,
+    *,
+    symmetry: bool = True,
+    width: int | None = 0,
+    assume: list[str] = (),  # type: ignore[assignment]
+    deadline: float | None = None,
+) -> Result:
+    """The fewest operations after which a caller can tell ``mutant`` from the spec.
+
+    Some bugs break no invariant (a copy handed out where none was due, another queue
+    order) and are only seen by comparing with the spec, as ``kvspec replay`` does. Here
+    k-1 operations run on the spec; the k-th runs from the same state on both relations,
+    and the question is whether one admits it and the other not, or the outcomes differ
+    in anything a caller observes. ``assume``: facts proved of the *spec*, asserted on the
+    spec's states.
+    """
+    get_mutant(mutant)
+    if width == 0:
+        width = width_for(cfg, max_depth)
+    started = time.monotonic()
+    unroll = _Unrolling(cfg, None, width, any(a.startswith("aux:") for a in assume))
+    solver = _solver(deadline)
+    solver.add(*unroll.start())
+    solver.add(*[unroll.terms[0][a] for a in assume])
+    s0 = unroll.states[0]
+    checked = -1
+    for k in range(max_depth + 1):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if k == 0:
+            query = [usage_numerator(s0, None) != usage_numerator(s0, mutant)]
+            op_vars: list[z3.ExprRef] = []
+        else:
+            pre = unroll.states[-1]
+            spec_post = SymState(cfg, f"{k}spec", width)
+            mutant_post = SymState(cfg, f"{k}mut", width)
+            op = pre.op_var(f"op@{k}last")
+            ok_spec, defs_spec = step_terms(pre, spec_post, op, None)
+            ok_mutant, defs_mutant = step_terms(pre, mutant_post, op, mutant)
+            op_vars = [*unroll.op_vars, op]
+            query = [*defs_spec, *defs_mutant, z3.Or(
+                ok_spec != ok_mutant,
+                z3.And(ok_spec, observation_differs(spec_post, mutant_post, None, mutant)),
+            )]
+            if symmetry:
+                query += symmetry_breaking(cfg, op_vars)
+        verdict, model = _ask(solver, [], True, deadline, z3.And(query), want_model=True)
+        if verdict == z3.unknown:
+            break
+        if verdict == z3.sat:
+            cex = _decode_divergence(cfg, mutant, model, op_vars)
+            return Result(DIVERGENCE, "counterexample", k, time.monotonic() - started, cex)
+        checked = k
+        if 0 < k < max_depth:
+            solver.add(*unroll.grow(symmetry))
+            solver.add(*[unroll.terms[-1][a] for a in assume])
+    return Result(DIVERGENCE, "holds", checked, time.monotonic() - started)
+
+
+def _decode_divergence(
+    cfg: ModelConfig, mutant: str, model: z3.ModelRef, op_vars: list[z3.ExprRef]
+) -> Counterexample:
+    ops_table = all_ops(cfg)
+    ops = [ops_table[_as_int(model.eval(v, model_completion=True))] for v in op_vars]
+    sem = semantics_of(get_mutant(mutant))
+    shown = [o.describe() for o in ops]
+    if not ops:
+        w = initial_world(cfg)
+        found = differences(w, w, SPEC, sem)
+        if not found:
+            raise ModelDrift("z3 says the initial observations differ; they do not")
+        return Counterexample(DIVERGENCE, [], [], [f"initially: {found[0]}"], [w])
+    try:
+        worlds, calls = run_ops(cfg, ops[:-1], SPEC)
+    except RuntimeError as exc:
+        raise ModelDrift(f"z3 found {shown}, but {exc}") from None
+    a = step(cfg, worlds[-1], ops[-1], SPEC)
+    b = step(cfg, worlds[-1], ops[-1], sem)
+    last = ops[-1].describe()
+    if a is None and b is None:
+        raise ModelDrift(f"z3 says {shown} tells {mutant} from the spec; both refuse {last}")
+    if a is None or b is None:
+        refuser, actor = ("the spec", mutant) if a is None else (mutant, "the spec")
+        found = [f"{refuser} refuses {last}, {actor} carries it out"]
+    else:
+        found = [f"after {last}: {d} (spec vs {mutant})"
+                 for d in differences(a.world, b.world, SPEC, sem)]
+        if not found:
+            raise ModelDrift(f"z3 says {shown} tells {mutant} from the spec; it does not")
+    final = b or a
+    assert final is not None
+    return Counterexample(DIVERGENCE, ops, [*calls, final.calls], found,
+                          [*worlds, final.world])

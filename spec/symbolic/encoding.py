@@ -306,7 +306,8 @@ class _Ops:
             if trusting is not None:
                 reaches_zero = z3.And(z3.Not(trusting), reaches_zero)
             newly[b] = reaches_zero
-            appended[b] = z3.And(reaches_zero, s.hash[b] != 0) if self.prepends else reaches_zero
+            split = self.prepends and self.m != "all-frees-appended"
+            appended[b] = z3.And(reaches_zero, s.hash[b] != 0) if split else reaches_zero
             e.updates[f"ref[{b}]"] = new_ref
             e.updates[f"inq[{b}]"] = z3.Or(s.inq[b], reaches_zero)
         # New order: prepended blocks, then the old queue, then appended blocks; inside
@@ -415,14 +416,32 @@ class _Ops:
         s, cfg = self.s, self.cfg
         x = _sel(s.tbl[q], s.len[q] - 1)
         rx = s.ref_of(x)
-        copy = rx > 1
+        shared = rx > 1
+        copy = shared
+        exclusive_copy: Expr = z3.BoolVal(False)
+        if self.m == "fork-copies-exclusive":
+            # An exclusive block is copied too, then freed: free_blocks([x]) queues it.
+            exclusive_copy = z3.And(rx == 1, s.num_free >= 1)
+            copy = z3.Or(shared, exclusive_copy)
         e = _Effect(z3.And(s.len[q] >= 1, x != 0, rx > 0, z3.Or(rx == 1, s.num_free >= 1)))
         y = self._pop(e, copy)
-        if self.m != "fork-without-decrement":
+        decrement = copy if self.m != "fork-without-decrement" else exclusive_copy
+        for b in range(1, self.n):
+            e.updates[f"ref[{b}]"] = z3.If(
+                z3.And(decrement, x == b), s.ref[b] - 1, e.updates[f"ref[{b}]"]
+            )
+        if self.m == "fork-copies-exclusive":
+            freed = [z3.And(exclusive_copy, x == b) for b in range(self.n)]
             for b in range(1, self.n):
-                e.updates[f"ref[{b}]"] = z3.If(
-                    z3.And(copy, x == b), s.ref[b] - 1, e.updates[f"ref[{b}]"]
-                )
+                appended = z3.Or(s.hash[b] != 0, z3.BoolVal(not self.prepends))
+                e.updates[f"inq[{b}]"] = z3.Or(freed[b], e.updates[f"inq[{b}]"])
+                for c in range(self.n):
+                    if c == b:
+                        continue
+                    for (u, v), value in (((b, c), z3.Not(appended)), ((c, b), appended)):
+                        key = f"ahead[{u}][{v}]"
+                        rest = e.updates.get(key, s.ahead[u][v])
+                        e.updates[key] = z3.If(freed[b], value, rest)
         for j in range(cfg.table_len):
             e.updates[f"tbl[{q}][{j}]"] = z3.If(
                 z3.And(copy, s.len[q] - 1 == j), y, s.tbl[q][j]
@@ -474,23 +493,22 @@ class _Ops:
         raise ValueError(f"encoding: unknown operation kind {op.kind!r}")
 
 
-def transition(
+def step_terms(
     pre: SymState,
     post: SymState,
     op_var: Expr,
     mutant: str | None = None,
     only: list[int] | None = None,
-) -> list[Expr]:
-    """Constraints: ``post`` is ``pre`` after operation instance ``op_var``.
-
-    ``only`` restricts the choice to some instances (the honesty check fixes one).
-    """
+) -> tuple[Expr, list[Expr]]:
+    """(enabled, definitions): ``enabled`` says the chosen instance may happen from
+    ``pre``; ``definitions`` fix every variable of ``post`` to its outcome (defined even
+    when the instance is not enabled, so two relations can be compared from one state)."""
     ops = all_ops(pre.cfg)
     builder = _Ops(pre, mutant)
     chosen = list(range(len(ops))) if only is None else only
     effects = {i: builder.effect(ops[i]) for i in chosen}
-    out: list[Expr] = [z3.Or([op_var == i for i in chosen])]
-    out += [z3.Implies(op_var == i, e.guard) for i, e in effects.items()]
+    enabled = z3.Or([z3.And(op_var == i, e.guard) for i, e in effects.items()])
+    out: list[Expr] = []
     pre_vars = dict(pre.variables())
     for name, new in post.variables():
         if name.startswith("before["):
@@ -504,7 +522,50 @@ def transition(
             if name in e.updates:
                 value = z3.If(op_var == i, e.updates[name], value)
         out.append(new == value)
-    return out
+    return enabled, out
+
+
+def transition(
+    pre: SymState,
+    post: SymState,
+    op_var: Expr,
+    mutant: str | None = None,
+    only: list[int] | None = None,
+) -> list[Expr]:
+    """Constraints: ``post`` is ``pre`` after operation instance ``op_var``.
+
+    ``only`` restricts the choice to some instances (the honesty check fixes one).
+    """
+    enabled, definitions = step_terms(pre, post, op_var, mutant, only)
+    return [enabled, *definitions]
+
+
+def observation_differs(
+    a: SymState, b: SymState, mutant_a: str | None, mutant_b: str | None
+) -> Expr:
+    """``a`` and ``b`` look different to a caller: a count, a hash, the queue order, the
+    index (which block a lookup returns), a hand-out, a table (what calls returned), or
+    the reported usage."""
+    n = a.cfg.num_blocks
+    diff: list[Expr] = [usage_numerator(a, mutant_a) != usage_numerator(b, mutant_b)]
+    for x in range(n):
+        diff += [
+            a.ref[x] != b.ref[x], a.hash[x] != b.hash[x], a.inq[x] != b.inq[x],
+            a.idx[x] != b.idx[x], a.handed[x] != b.handed[x],
+            z3.And(a.handed[x], a.before[x] != b.before[x]),
+        ]
+        for y in range(n):
+            if x == y:
+                continue
+            queued = z3.And(a.inq[x], a.inq[y], b.inq[x], b.inq[y])
+            diff.append(z3.And(queued, a.ahead[x][y] != b.ahead[x][y]))
+            same_key = z3.And(a.idx[x] != 0, a.idx[x] == a.idx[y], b.idx[x] == b.idx[y])
+            diff.append(z3.And(same_key, a.older[x][y] != b.older[x][y]))
+    for q in range(a.cfg.num_requests):
+        diff += [a.len[q] != b.len[q], a.nc[q] != b.nc[q], a.last[q] != b.last[q]]
+        diff += [z3.And(j < a.len[q], a.tbl[q][j] != b.tbl[q][j])
+                 for j in range(a.cfg.table_len)]
+    return z3.Or(diff)
 
 
 # --------------------------------------------------------------------------- invariants

@@ -270,6 +270,64 @@ def shortest_violation(
     return None
 
 
+def observation(w: World, sem: PoolSemantics = SPEC) -> tuple:
+    """Everything a caller can see of ``w``: the pool's observable state, what the calls
+    returned (the tables), the hand-outs, and the usage the pool reports."""
+    return (w.key(), sem.get_usage(w.pool))
+
+
+def differences(a: World, b: World, sem_a: PoolSemantics, sem_b: PoolSemantics) -> list[str]:
+    """What differs between two worlds, in words (empty: nothing observable)."""
+    out: list[str] = []
+    pa, pb = a.pool, b.pool
+    if pa.ref_cnt != pb.ref_cnt:
+        out.append(f"ref counts {pa.ref_cnt} vs {pb.ref_cnt}")
+    if pa.block_hash != pb.block_hash:
+        out.append(f"hashes {pa.block_hash} vs {pb.block_hash}")
+    if pa.free_queue != pb.free_queue:
+        out.append(f"free queue {pa.free_queue} vs {pb.free_queue}")
+    if pa.key()[3] != pb.key()[3]:
+        out.append(f"index {pa.cached} vs {pb.cached}")
+    if (a.tables, a.ncached, a.rlast) != (b.tables, b.ncached, b.rlast):
+        out.append(f"tables {list(a.tables)} vs {list(b.tables)}")
+    if a.allocated != b.allocated:
+        out.append(f"handed out {dict(a.allocated)} vs {dict(b.allocated)}")
+    if sem_a.get_usage(pa) != sem_b.get_usage(pb):
+        out.append(f"usage {sem_a.get_usage(pa)!r} vs {sem_b.get_usage(pb)!r}")
+    return out
+
+
+def shortest_divergence(
+    cfg: ModelConfig, sem: PoolSemantics, max_depth: int = 8
+) -> int | None:
+    """Breadth-first search: the fewest operations after which a caller can tell ``sem``
+    from the spec (a refusal where the other acts, or any observation differing)."""
+    w0 = initial_world(cfg)
+    if observation(w0, sem) != observation(w0, SPEC):
+        return 0
+    frontier = [w0]
+    seen = {w0.key()}
+    ops = all_ops(cfg)
+    for depth in range(1, max_depth + 1):
+        nxt: list[World] = []
+        for w in frontier:
+            for op in ops:
+                a = step(cfg, w, op, SPEC)
+                b = step(cfg, w, op, sem)
+                if (a is None) != (b is None):
+                    return depth
+                if a is None or b is None:
+                    continue
+                if observation(a.world, SPEC) != observation(b.world, sem):
+                    return depth
+                k = a.world.key()
+                if k not in seen:
+                    seen.add(k)
+                    nxt.append(a.world)
+        frontier = nxt
+    return None
+
+
 def reachable(cfg: ModelConfig, max_depth: int, sem: PoolSemantics = SPEC) -> list[World]:
     """Every world reachable in at most ``max_depth`` operations (for tests and checks)."""
     frontier = [initial_world(cfg)]

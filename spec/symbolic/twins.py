@@ -14,7 +14,7 @@ Each twin changes as little as it can: the bug, not a rewrite, is what must be f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spec import errors, pool
 from spec.errors import Refused
@@ -41,7 +41,8 @@ SPEC = PoolSemantics()
 class SymbolicMutant:
     """A named bug with a z3 twin. ``profile``: the profile it is checked under by default
     (``None``: either). ``breaks``: the invariants its shortest counterexample breaks at
-    the default configuration (documentation; the tests compute the truth)."""
+    the default configuration (documentation; the tests compute the truth); empty for a
+    bug that breaks none and is found only as a divergence from the spec."""
 
     name: str
     summary: str
@@ -139,6 +140,25 @@ def fork_block_keeping_reference(s: PoolState, block_id: int) -> int:
     return pool.fork_block(s, block_id)
 
 
+def fork_block_copying_exclusive(s: PoolState, block_id: int) -> int:
+    """An exclusive block is copied too, and the caller's original is freed."""
+    if block_id != NULL_BLOCK and s.ref_cnt[block_id] == 1 and s.free_queue:
+        new = pool.get_new_blocks(s, 1)[0]
+        pool.free_blocks(s, [block_id])
+        return new
+    return pool.fork_block(s, block_id)
+
+
+def free_blocks_appending_all(s: PoolState, block_ids: Sequence[int]) -> None:
+    """``current`` profile, but unhashed blocks are appended like hashed ones."""
+    profile = s.profile
+    s.profile = replace(profile, prepend_unhashed_on_free=False)
+    try:
+        pool.free_blocks(s, block_ids)
+    finally:
+        s.profile = profile
+
+
 def reset_ignoring_holders(s: PoolState) -> bool:
     """``reset_prefix_cache`` without the "no block is held" check."""
     s.cached.clear()
@@ -213,6 +233,19 @@ _ALL = (
         "free_blocks trusts its caller: a double free drives a ref count to -1",
         PoolSemantics(free_blocks=free_blocks_unguarded),
         breaks=("ref-nonnegative", "free-iff-unreferenced"),
+    ),
+    SymbolicMutant(
+        "fork-copies-exclusive",
+        "fork_block copies an exclusive block too and frees the original (no invariant "
+        "breaks; the caller sees a copy where none was due)",
+        PoolSemantics(fork_block=fork_block_copying_exclusive),
+    ),
+    SymbolicMutant(
+        "all-frees-appended",
+        "current profile, but unhashed freed blocks are appended like hashed ones (no "
+        "invariant breaks; the queue order differs)",
+        PoolSemantics(free_blocks=free_blocks_appending_all),
+        profile="current",
     ),
     SymbolicMutant(
         "reset-while-in-use",
