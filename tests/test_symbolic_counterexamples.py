@@ -28,6 +28,7 @@ from spec.symbolic.model import ModelConfig
 from spec.symbolic.twins import MUTANTS, SPEC, PoolSemantics, semantics_of
 
 SMALL = {"num_blocks": 3, "table_len": 2, "num_hashes": 3}
+DEPTH = 6  # every shortest counterexample at SMALL is at most 5 long
 
 BREAKING = sorted(name for name, m in MUTANTS.items() if m.breaks)
 CASES = [(name, get_profile(m.profile or "current")) for name, m in MUTANTS.items()] + [
@@ -40,7 +41,7 @@ CASES = [(name, get_profile(m.profile or "current")) for name, m in MUTANTS.item
 def _first_break(mutant: str, profile_name: str):
     """BMC stopped at the first depth where anything breaks: (depth, broken names, results)."""
     cfg = ModelConfig(profile=get_profile(profile_name), **SMALL)
-    results = bmc(cfg, mutant, None, 7, stop_at_first=True)
+    results = bmc(cfg, mutant, None, DEPTH, stop_at_first=True)
     found = {n: r for n, r in results.items() if r.status == "counterexample"}
     if not found:
         return None
@@ -51,7 +52,7 @@ def _first_break(mutant: str, profile_name: str):
 @pytest.mark.parametrize(("mutant", "profile"), CASES, ids=[f"{m}-{p.name}" for m, p in CASES])
 def test_bmc_shortest_counterexample_equals_breadth_first_search(mutant, profile):
     cfg = ModelConfig(profile=profile, **SMALL)
-    brute = shortest_violation(cfg, semantics_of(MUTANTS[mutant]), max_depth=7)
+    brute = shortest_violation(cfg, semantics_of(MUTANTS[mutant]), max_depth=DEPTH)
     got = _first_break(mutant, profile.name)
     assert (None if got is None else got[:2]) == brute
     if mutant in BREAKING and (mutant != "touch-counts-null" or profile is CURRENT):
@@ -63,14 +64,14 @@ def test_bmc_shortest_counterexample_equals_breadth_first_search(mutant, profile
 @cache
 def _divergence(mutant: str, profile_name: str):
     cfg = ModelConfig(profile=get_profile(profile_name), **SMALL)
-    return divergence(cfg, mutant, 7)
+    return divergence(cfg, mutant, DEPTH)
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_bmc_shortest_divergence_from_the_spec_equals_breadth_first_search(mutant):
     profile = get_profile(MUTANTS[mutant].profile or "current")
     cfg = ModelConfig(profile=profile, **SMALL)
-    brute = shortest_divergence(cfg, semantics_of(MUTANTS[mutant]), max_depth=7)
+    brute = shortest_divergence(cfg, semantics_of(MUTANTS[mutant]), max_depth=DEPTH)
     result = _divergence(mutant, profile.name)
     assert result.status == "counterexample"
     assert result.depth == brute
@@ -80,12 +81,12 @@ def test_bmc_shortest_divergence_from_the_spec_equals_breadth_first_search(mutan
 
 
 @pytest.mark.parametrize("profile", [CURRENT, CLASSIC], ids=lambda p: p.name)
-def test_the_spec_breaks_nothing_to_depth_5_by_bmc_and_by_search(profile):
+def test_the_spec_breaks_nothing_to_depth_4_by_bmc_and_by_search(profile):
     cfg = ModelConfig(profile=profile, **SMALL)
-    results = bmc(cfg, None, None, 5)
+    results = bmc(cfg, None, None, 4)
     assert {r.status for r in results.values()} == {"holds"}
-    assert {r.depth for r in results.values()} == {5}
-    assert shortest_violation(cfg, SPEC, max_depth=5) is None
+    assert {r.depth for r in results.values()} == {4}
+    assert shortest_violation(cfg, SPEC, max_depth=4) is None
 
 
 # ----------------------------------------------------------------------- trace replay

@@ -8,10 +8,12 @@ One state is a fixed set of integer and boolean variables (:class:`SymState`):
     free-queue membership and order. Instead of a list (positions shift on every pop) or
     integer timestamps (which need arithmetic and grow without bound), the order is a
     precedence relation: ``ahead[a][b]`` says a is nearer the front than b. It is only
-    read for two queued blocks. Popping takes the queued block ahead of every other
-    queued one; ``touch`` just clears ``inq``; a freed batch is put behind (append) or in
-    front of (prepend) every block already queued. The state is then finite and purely
-    boolean apart from small counts, which is what a SAT-based solver handles best.
+    read for two queued blocks. One variable per pair a < b, ``ahead[b][a]`` being its
+    negation, so the relation can never tie or hold a two-cycle. Popping takes the
+    queued block ahead of every other queued one; ``touch`` just clears ``inq``; a freed
+    batch is put behind (append) or in front of (prepend) every block already queued.
+    The state is then finite and purely boolean apart from small counts, which is what a
+    SAT-based solver handles best.
 ``idx[b]``, ``older[a][b]``
     the prefix-cache index: ``idx[b] = h`` when the index maps ``h`` to ``b`` (0: not in
     the index), and ``older[a][b]`` when a entered the index before b. "The first
@@ -78,9 +80,15 @@ class SymState:
     # ------------------------------------------------------------ numbers of either sort
 
     def _relation(self, name: str, n: int) -> list[list[Expr]]:
-        """A strict order over blocks: ``rel[a][b]`` for a != b (the diagonal is False)."""
+        """A strict total order over blocks: one variable per pair a < b, and
+        ``rel[b][a]`` is its negation, so no state can hold a cycle of two or a tie (the
+        diagonal is False)."""
+        upper = {
+            (a, b): z3.Bool(f"{name}[{a}][{b}]@{self.tag}")
+            for a in range(n) for b in range(a + 1, n)
+        }
         return [
-            [z3.Bool(f"{name}[{a}][{b}]@{self.tag}") if a != b else z3.BoolVal(False)
+            [upper[a, b] if a < b else z3.Not(upper[b, a]) if a > b else z3.BoolVal(False)
              for b in range(n)]
             for a in range(n)
         ]
@@ -112,9 +120,8 @@ class SymState:
         for name in ("ahead", "older"):
             rel = getattr(self, name)
             for a in range(n):
-                for b in range(n):
-                    if a != b:
-                        yield f"{name}[{a}][{b}]", rel[a][b]
+                for b in range(a + 1, n):
+                    yield f"{name}[{a}][{b}]", rel[a][b]
         for q in range(self.cfg.num_requests):
             for j, v in enumerate(self.tbl[q]):
                 yield f"tbl[{q}][{j}]", v
@@ -641,14 +648,6 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
     cfg = s.cfg
     n, lim, hmax = cfg.num_blocks, cfg.table_len, cfg.num_hashes
     out: dict[str, Expr] = {}
-    def total(rel: list[list[Expr]], member: Callable[[int], Expr]) -> Expr:
-        return z3.And([
-            z3.Implies(z3.And(member(a), member(b)), rel[a][b] != rel[b][a])
-            for a in range(n) for b in range(a + 1, n)
-        ])
-
-    out["queue-order-total"] = total(s.ahead, lambda b: s.inq[b])
-    out["index-order-total"] = total(s.older, lambda b: s.idx[b] != 0)
     shape: list[Expr] = []
     for q in range(cfg.num_requests):
         shape += [s.nc[q] >= 0, s.nc[q] <= s.len[q], s.len[q] <= lim]
@@ -672,8 +671,6 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
 
 
 AUXILIARY_MEANING: dict[str, str] = {
-    "queue-order-total": "of two queued blocks, exactly one is ahead of the other",
-    "index-order-total": "of two index entries, exactly one was inserted first",
     "table-shape": "0 <= cached <= length <= L, and table entries are block ids",
     "values-in-range": "hashes, index keys and last hashes lie in 0..H",
     "shared-blocks-hashed": "a block held by two slots is hashed (only prefix hits share)",
