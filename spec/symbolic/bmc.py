@@ -115,31 +115,33 @@ def symmetry_breaking(cfg: ModelConfig, op_vars: list[z3.ExprRef]) -> list[z3.Ex
       only after the first has been.
     """
     ops = all_ops(cfg)
-    out: list[z3.ExprRef] = []
-
-    def precedence(first: list[int], second: list[int]) -> None:
-        seen: z3.ExprRef = z3.BoolVal(False)
-        for v in op_vars:
-            if second:
-                out.append(z3.Implies(z3.Or([v == i for i in second]), seen))
-            seen = z3.Or(seen, *[v == i for i in first])
-
+    pairs: list[tuple[list[int], list[int]]] = []
     for r in range(cfg.num_requests - 1):
-        precedence([i for i, o in enumerate(ops) if o.req == r],
-                   [i for i, o in enumerate(ops) if o.req == r + 1])
+        pairs.append(([i for i, o in enumerate(ops) if o.req == r],
+                      [i for i, o in enumerate(ops) if o.req == r + 1]))
 
     def shape(h: int, depth: int) -> tuple:
         if h > cfg.num_hashes or depth > cfg.table_len:
             return ()
         return (shape(2 * h, depth + 1), shape(2 * h + 1, depth + 1))
 
+    # Sibling pairs, shallowest first: swapping two subtrees never disturbs a pair above
+    # them or beside them, so a path can be renamed pair by pair into this form.
     for h in cfg.hashes:
         sib = h + 1
         if h % 2 == 0 and sib <= cfg.num_hashes:
             d = cfg.depth(h)
             if d <= cfg.table_len and shape(h, d) == shape(sib, d):
-                precedence([i for i, o in enumerate(ops) if o.kind == "cache" and o.arg == h],
-                           [i for i, o in enumerate(ops) if o.kind == "cache" and o.arg == sib])
+                pairs.append(
+                    ([i for i, o in enumerate(ops) if o.kind == "cache" and o.arg == h],
+                     [i for i, o in enumerate(ops) if o.kind == "cache" and o.arg == sib]))
+    # Grouped by step, so the newest step's constraints are the list's tail.
+    out: list[z3.ExprRef] = []
+    seen: list[z3.ExprRef] = [z3.BoolVal(False) for _ in pairs]
+    for v in op_vars:
+        for p, (first, second) in enumerate(pairs):
+            out.append(z3.Implies(z3.Or([v == i for i in second]), seen[p]))
+            seen[p] = z3.Or(seen[p], *[v == i for i in first])
     return out
 
 
@@ -185,8 +187,9 @@ class _Unrolling:
                 if not n.startswith(("handed[", "before["))
             ]))
         if symmetry:
-            # Recomputed over the whole prefix; only the newest variable's terms are new.
-            out += symmetry_breaking(self.cfg, self.op_vars)[-_per_step(self.cfg):]
+            # Recomputed over the whole prefix; only the newest step's terms are new.
+            every = symmetry_breaking(self.cfg, self.op_vars)
+            out += every[len(every) - _per_step(self.cfg):]
         return out
 
 
