@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             num_blocks=args.blocks, num_requests=args.requests, table_len=args.table_len,
             num_hashes=args.hashes, profile=profile,
         )
+        if args.depth < 0:
+            raise ValueError(f"--depth must be at least 0, got {args.depth}")
         every = bmc_mod.all_invariant_names(cfg)
         names = args.invariant or every
         unknown = sorted(set(names) - set(every))
