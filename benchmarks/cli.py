@@ -1,8 +1,9 @@
 """``kvspec bench [NAME] [ARGS...]``: run one benchmark, or the default set (queue, pool).
 
-``queue`` and ``pool`` are pure Python and run anywhere. ``store`` (the K/V block store) and
-``upstream`` (upstream vLLM's own pool) need extra dependencies, so their modules are imported
-only when named, and every argument after their name is passed to their ``main(argv)``.
+``queue`` and ``pool`` are pure Python and run anywhere. ``store`` (the K/V block store),
+``upstream`` (upstream vLLM's own pool) and ``prove`` (z3: BMC depth and induction time) own
+their arguments or need extra dependencies, so their modules are imported only when named,
+and every argument after their name is passed to their ``main(argv)``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from benchmarks._harness import format_machine_info
 EXTERNAL = {
     "store": "benchmarks.block_store",
     "upstream": "benchmarks.upstream",
+    "prove": "benchmarks.prove",
 }
 BUILTIN = ("queue", "pool")
 DEFAULT = BUILTIN
@@ -63,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "rest",
         nargs=argparse.REMAINDER,
-        help="for store and upstream: arguments passed on to that benchmark",
+        help="for store, upstream and prove: arguments passed on to that benchmark",
     )
 
 
