@@ -100,17 +100,10 @@ def make_content_machine(
         # -------------------------------------------------------------- plumbing
 
         def act(self, rule_name: str, op: str, **args: Any) -> int | None:
-            assert self.driver is not None
-            stats.steps += 1
-            stats.rules[rule_name] += 1
-            if on_step:
-                on_step()
-            try:
-                return self.driver.run(Step(op, dict(args)))
-            except ContentDivergence as failure:
-                if on_failure:
-                    on_failure(failure)
-                raise
+            driver = self.driver
+            assert driver is not None
+            return stats.step(rule_name, lambda: driver.run(Step(op, dict(args))),
+                              on_step=on_step, on_failure=on_failure)
 
         def pick(self, index: int) -> int:
             """Newest first: index 0 is the latest request, so deleting an earlier action

@@ -125,17 +125,10 @@ def make_manager_machine(
         # -------------------------------------------------------------- plumbing
 
         def do(self, rule_name: str, op: str, **args: object):
-            assert self.driver is not None
-            stats.steps += 1
-            stats.rules[rule_name] += 1
-            if on_step:
-                on_step()
-            try:
-                return self.driver.apply(Step(op, dict(args)))
-            except ManagerDivergence as failure:
-                if on_failure:
-                    on_failure(failure)
-                raise
+            driver = self.driver
+            assert driver is not None
+            return stats.step(rule_name, lambda: driver.apply(Step(op, dict(args))),
+                              on_step=on_step, on_failure=on_failure)
 
         @property
         def block_size(self) -> int:

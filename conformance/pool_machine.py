@@ -24,14 +24,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hypothesis import strategies as st
 from hypothesis import target as hypothesis_target
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conformance.driver import Divergence, PoolConfig, PoolDriver
+from conformance.driver import Divergence, Outcome, PoolConfig, PoolDriver
 from conformance.protocol import PoolTarget
 from conformance.trace import Step
+
+T = TypeVar("T")
 
 ALPHABET = "ab"
 BAD_INPUTS = [
@@ -80,6 +83,30 @@ class RunStats:
     rules: Counter = field(default_factory=Counter)
     invariant_checks: Counter = field(default_factory=Counter)
 
+    def step(
+        self,
+        rule_name: str,
+        action: Callable[[], T],
+        *,
+        on_step: Callable[[], None] | None,
+        on_failure: Callable[[Divergence], None] | None,
+    ) -> T:
+        """Count one step of ``rule_name``, run it, and report a divergence it raises.
+
+        Every level's machine takes its steps through here, so counting, progress and the
+        capture of the (finally shrunk) failure work the same way everywhere.
+        """
+        self.steps += 1
+        self.rules[rule_name] += 1
+        if on_step:
+            on_step()
+        try:
+            return action()
+        except Divergence as failure:
+            if on_failure:
+                on_failure(failure)
+            raise
+
 
 def make_pool_machine(
     factory: Callable[..., PoolTarget],
@@ -108,18 +135,11 @@ def make_pool_machine(
 
         # -------------------------------------------------------------- plumbing
 
-        def do(self, rule_name: str, op: str, **args: object):
-            assert self.driver is not None
-            stats.steps += 1
-            stats.rules[rule_name] += 1
-            if on_step:
-                on_step()
-            try:
-                return self.driver.apply(Step(op, dict(args)))
-            except Divergence as failure:
-                if on_failure:
-                    on_failure(failure)
-                raise
+        def do(self, rule_name: str, op: str, **args: object) -> Outcome:
+            driver = self.driver
+            assert driver is not None
+            return stats.step(rule_name, lambda: driver.apply(Step(op, dict(args))),
+                              on_step=on_step, on_failure=on_failure)
 
         @property
         def spec(self):
