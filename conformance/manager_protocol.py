@@ -190,7 +190,10 @@ class UnknownRequestError(KeyError):
 
 class RequestRegistry:
     """The scheduler's bookkeeping an adapter needs: requests by id, refusing unknown and
-    duplicate ids. Upstream managers leave this to their scheduler; adapters inherit it."""
+    duplicate ids, and the two scheduler updates of a request. Upstream managers leave this
+    to their scheduler; adapters inherit it. A request object needs
+    ``append_output_token_ids``, ``num_tokens`` and ``num_computed_tokens`` (kvspec's and
+    upstream's ``Request`` both have them)."""
 
     requests: dict[str, Any]
 
@@ -206,3 +209,17 @@ class RequestRegistry:
     def _require_new(self, request_id: str) -> None:
         if request_id in self.requests:
             raise ValueError(f"add_request: request {request_id!r} already exists")
+
+    def append_output_tokens(self, request_id: str, token_ids: Sequence[int]) -> None:
+        self._request(request_id, "append_output_tokens").append_output_token_ids(
+            list(token_ids)
+        )
+
+    def set_num_computed_tokens(self, request_id: str, num_computed_tokens: int) -> None:
+        request = self._request(request_id, "set_num_computed_tokens")
+        if not 0 <= num_computed_tokens <= request.num_tokens:
+            raise ValueError(
+                f"set_num_computed_tokens({request_id!r}): {num_computed_tokens}; expected "
+                f"0..{request.num_tokens}"
+            )
+        request.num_computed_tokens = num_computed_tokens

@@ -193,20 +193,6 @@ class VllmManager(RequestRegistry):
             block_hasher=self.block_hasher,
         )
 
-    def append_output_tokens(self, request_id: str, token_ids: Sequence[int]) -> None:
-        self._request(request_id, "append_output_tokens").append_output_token_ids(
-            list(token_ids)
-        )
-
-    def set_num_computed_tokens(self, request_id: str, num_computed_tokens: int) -> None:
-        request = self._request(request_id, "set_num_computed_tokens")
-        if not 0 <= num_computed_tokens <= request.num_tokens:
-            raise ValueError(
-                f"set_num_computed_tokens({request_id!r}): {num_computed_tokens}; expected "
-                f"0..{request.num_tokens}"
-            )
-        request.num_computed_tokens = num_computed_tokens
-
     # -- the manager -----------------------------------------------------------------------
 
     def get_computed_blocks(self, request_id: str) -> tuple[list[int], int]:
