@@ -13,13 +13,13 @@ import importlib
 import sys
 import time
 
-from benchmarks._harness import format_machine_info
+from kvspec.benchmarks._harness import format_machine_info
 
 # name -> module with main(argv) -> int, for benchmarks that own their arguments.
 EXTERNAL = {
-    "store": "benchmarks.block_store",
-    "upstream": "benchmarks.upstream",
-    "prove": "benchmarks.prove",
+    "store": "kvspec.benchmarks.block_store",
+    "upstream": "kvspec.benchmarks.upstream",
+    "prove": "kvspec.benchmarks.prove",
 }
 BUILTIN = ("queue", "pool")
 DEFAULT = BUILTIN
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _queue(args: argparse.Namespace) -> None:
-    from benchmarks import free_queue
+    from kvspec.benchmarks import free_queue
 
     sizes = args.sizes or ((64, 256) if args.quick else free_queue.DEFAULT_SIZES)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -89,7 +89,7 @@ def _queue(args: argparse.Namespace) -> None:
 
 
 def _pool(args: argparse.Namespace) -> None:
-    from benchmarks import pool_trace
+    from kvspec.benchmarks import pool_trace
 
     shape = pool_trace.QUICK_SHAPE if args.quick else pool_trace.TraceShape()
     repeats = args.repeats or (3 if args.quick else 5)

@@ -21,10 +21,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks._harness import Measurement, Run, format_table, measure_interleaved
-from benchmarks.queue_variants import DequeIndexQueue, DequeScanQueue, OrderedDictQueue
-from impl.block import KVCacheBlock
-from impl.free_queue import FreeKVCacheBlockQueue
+from kvspec.benchmarks._harness import Measurement, Run, format_table, measure_interleaved
+from kvspec.benchmarks.queue_variants import DequeIndexQueue, DequeScanQueue, OrderedDictQueue
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.free_queue import FreeKVCacheBlockQueue
 
 CONTENDERS: dict[str, type] = {
     "linked": FreeKVCacheBlockQueue,

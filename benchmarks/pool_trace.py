@@ -21,9 +21,9 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks._harness import Measurement, Run, format_table, measure_interleaved
-from impl.block import KVCacheBlock
-from impl.block_pool import BlockPool
+from kvspec.benchmarks._harness import Measurement, Run, format_table, measure_interleaved
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block_pool import BlockPool
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks._harness import format_machine_info, format_table
+from kvspec.benchmarks._harness import format_machine_info, format_table
 
 
 def _bmc_depth(n: int, budget: float, incremental: bool, max_depth: int) -> tuple[int, float]:
-    from spec.symbolic.bmc import bmc
-    from spec.symbolic.model import ModelConfig
+    from kvspec.spec.symbolic.bmc import bmc
+    from kvspec.spec.symbolic.model import ModelConfig
 
     cfg = ModelConfig(num_blocks=n)
     reached: list[tuple[int, float]] = [(-1, 0.0)]
@@ -40,10 +40,9 @@ def _bmc_depth(n: int, budget: float, incremental: bool, max_depth: int) -> tupl
 
 def _induction(n: int, budget: float) -> tuple[float, dict[str, float], list[str]]:
     import z3
-
-    from spec.symbolic.encoding import SymState, auxiliary_terms, invariant_terms, transition
-    from spec.symbolic.induction import DEFAULT_WIDTH, houdini
-    from spec.symbolic.model import ModelConfig
+    from kvspec.spec.symbolic.encoding import SymState, auxiliary_terms, invariant_terms, transition
+    from kvspec.spec.symbolic.induction import DEFAULT_WIDTH, houdini
+    from kvspec.spec.symbolic.model import ModelConfig
 
     cfg = ModelConfig(num_blocks=n)
     t0 = time.monotonic()
@@ -74,10 +73,10 @@ def _induction(n: int, budget: float) -> tuple[float, dict[str, float], list[str
 
 
 def _mutants(quick: bool) -> list[list[str]]:
-    from spec.profiles import get_profile
-    from spec.symbolic.bmc import bmc, divergence
-    from spec.symbolic.model import ModelConfig
-    from spec.symbolic.twins import MUTANTS
+    from kvspec.spec.profiles import get_profile
+    from kvspec.spec.symbolic.bmc import bmc, divergence
+    from kvspec.spec.symbolic.model import ModelConfig
+    from kvspec.spec.symbolic.twins import MUTANTS
 
     rows: list[list[str]] = []
     for name, m in MUTANTS.items():

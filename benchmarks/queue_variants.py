@@ -1,6 +1,7 @@
 """Free-queue contenders built on ``collections``, with ``FreeKVCacheBlockQueue``'s interface.
 
-Each holds the same :class:`~impl.block.KVCacheBlock` objects as the linked list and keeps its
+Each holds the same :class:`~kvspec.impl.block.KVCacheBlock` objects as the linked list and keeps
+its
 order semantics exactly (front evicted first; ``prepend_n`` puts ``blocks[0]`` at the very
 front), so the benchmark compares data structures, not behaviours; the smoke tests check that
 all of them produce the same order for the same operations.
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
-from impl.block import KVCacheBlock
-from impl.errors import FreeQueueError, InvalidArgumentError, NoFreeBlocksError
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.errors import FreeQueueError, InvalidArgumentError, NoFreeBlocksError
 
 
 def _check_n(op: str, n: int, available: int) -> None:

@@ -3,8 +3,9 @@
 ``python -m benchmarks.upstream [--ops N] [--repeats R] [--trace FILE | --save-trace FILE]``
 
 One recorded trace of pool operations is replayed on both pools through the same
-:class:`~conformance.protocol.PoolTarget` adapters the conformance suite drives
-(``conformance.targets.impl_pool_factory`` and ``conformance.vllm_target.vllm_pool_factory``),
+:class:`~kvspec.conformance.pool.protocol.PoolTarget` adapters the conformance suite drives
+(``kvspec.conformance.pool.targets.impl_pool_factory`` and
+``kvspec.conformance.upstream.vllm_pool.vllm_pool_factory``),
 by the same replay loop. Both sides therefore pay the same kind of id-to-block translation, and
 the ratio compares the pools, not two harnesses.
 
@@ -21,7 +22,7 @@ The trace
 
 Before timing, each pool replays the trace once untimed with checks: every lookup must hit or
 miss as recorded and both pools must end in the same observable state, so the two timed runs
-provably did the same work. Timing then follows ``benchmarks._harness``: a fresh pool per
+provably did the same work. Timing then follows ``kvspec.benchmarks._harness``: a fresh pool per
 repeat (not timed), repeats interleaved across the two pools, the median reported.
 """
 
@@ -34,15 +35,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks._harness import (
+from kvspec.benchmarks._harness import (
     Measurement,
     Run,
     format_machine_info,
     format_table,
     measure_interleaved,
 )
-from benchmarks.pool_trace import TraceShape, record_trace
-from conformance.protocol import PoolTarget
+from kvspec.benchmarks.pool_trace import TraceShape, record_trace
+from kvspec.conformance.pool.protocol import PoolTarget
 
 TRACE_FORMAT = "kvspec-pool-ops/1"
 DEFAULT_OPS = 100_000
@@ -247,8 +248,8 @@ class Comparison:
 
 
 def contenders() -> dict[str, Callable[..., PoolTarget]]:
-    from conformance.targets import impl_pool_factory
-    from conformance.vllm_target import vllm_pool_factory
+    from kvspec.conformance.pool.targets import impl_pool_factory
+    from kvspec.conformance.upstream.vllm_pool import vllm_pool_factory
 
     return {"impl": impl_pool_factory, "vllm": vllm_pool_factory}
 
@@ -335,14 +336,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conformance.vllm_target import VllmNotInstalledError
+    from kvspec.conformance.upstream.vllm_pool import VllmNotInstalledError
 
     ops = args.ops or (QUICK_OPS if args.quick else DEFAULT_OPS)
     repeats = args.repeats or (3 if args.quick else 5)
     if args.trace is not None:
         trace = load_trace(args.trace)
     else:
-        from conformance.targets import impl_pool_factory
+        from kvspec.conformance.pool.targets import impl_pool_factory
 
         shape = TraceShape(**{**asdict(DEFAULT_SHAPE), "seed": args.seed})
         trace = record_ops(impl_pool_factory, shape, ops)

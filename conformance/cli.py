@@ -11,15 +11,17 @@ import argparse
 import importlib
 import sys
 
+_CMD = "kvspec.conformance.commands"
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "spec": ("conformance.spec_cmd", "print the spec's invariants and profiles"),
-    "check": ("conformance.check_cmd", "drive a target allocator against the spec"),
-    "mutants": ("conformance.mutants_cmd", "run the suite against the mutant zoo (kill matrix)"),
-    "replay": ("conformance.replay_cmd", "replay a kvspec-trace file against a target"),
-    "prove": ("conformance.prove_cmd", "bounded model checking and induction proofs with z3"),
-    "bench": ("benchmarks.cli", "benchmarks: free queue, block pool, block store, upstream"),
-    "estimate": ("conformance.estimate_cmd", "KV memory with and without prefix caching"),
+    "spec": (f"{_CMD}.spec", "print the spec's invariants and profiles"),
+    "check": (f"{_CMD}.check", "drive a target allocator against the spec"),
+    "mutants": (f"{_CMD}.mutants", "run the suite against the mutant zoo (kill matrix)"),
+    "replay": (f"{_CMD}.replay", "replay a kvspec-trace file against a target"),
+    "prove": (f"{_CMD}.prove", "bounded model checking and induction proofs with z3"),
+    "bench": ("kvspec.benchmarks.cli", "benchmarks: free queue, block pool, block store, upstream"),
+    "estimate": (f"{_CMD}.estimate", "KV memory with and without prefix caching"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conformance.driver import Divergence
+from kvspec.conformance.pool.driver import Divergence
 
 DEFAULT_TRACE_DIR = Path(".kvspec") / "traces"
 
@@ -43,7 +43,7 @@ def pytest_function(failure: Divergence, target: str) -> str:
         "def test_kvspec_regression():\n"
         '    """Found by kvspec check: ' + failure.caught_by + '."""\n'
         "    import json\n\n"
-        "    from conformance.replay import replay_trace\n"
+        "    from conformance.engines.replay import replay_trace\n"
         "    from conformance.trace import Trace\n\n"
         "    trace = Trace.from_json(json.loads(r\"\"\"\n"
         f"{body}\n"

@@ -25,7 +25,7 @@ Pool-level operations and their ``args`` (the target protocol's names):
 ``reset_prefix_cache{}``, ``fork_block{block_id}``. Hashes are hex strings. Block ids
 are concrete: the ids the spec hands out in strict mode.
 
-Manager-level operations (``"level": "manager"``, :mod:`conformance.manager_protocol`;
+Manager-level operations (``"level": "manager"``, :mod:`kvspec.conformance.manager.protocol`;
 config ``num_blocks, block_size, enable_caching, profile, compare_hashes``):
 ``add_request{request_id, prompt_token_ids, lora_name?, cache_salt?}``,
 ``append_output_tokens{request_id, token_ids}``,
@@ -162,7 +162,7 @@ class Trace:
 
 
 # Levels register their operation tables here (the manager level adds its own).
-#: Content-level actions (conformance/content_driver.py): scheduler actions whose pool and
+#: Content-level actions (conformance/content/driver.py): scheduler actions whose pool and
 #: store calls the replay repeats; ``request`` is the id the trace's own actions created.
 CONTENT_OPS: dict[str, tuple[str, ...]] = {
     "admit": ("prompt",),

@@ -1,15 +1,16 @@
 """kvspec's allocator: a vLLM-v1-style KV-cache block pool.
 
-One module per upstream concept: :mod:`impl.block` (``KVCacheBlock`` and prefix-cache keys),
-:mod:`impl.free_queue` (``FreeKVCacheBlockQueue``), :mod:`impl.block_hash_map`
-(``BlockHashToBlockMap``), :mod:`impl.block_pool` (``BlockPool``), :mod:`impl.profiles`
-(named upstream behaviours) and :mod:`impl.errors` (the exception hierarchy).
+One module per upstream concept: :mod:`kvspec.impl.block` (``KVCacheBlock`` and prefix-cache keys),
+:mod:`kvspec.impl.free_queue` (``FreeKVCacheBlockQueue``), :mod:`kvspec.impl.block_hash_map`
+(``BlockHashToBlockMap``), :mod:`kvspec.impl.block_pool` (``BlockPool``),
+:mod:`kvspec.impl.profiles`
+(named upstream behaviours) and :mod:`kvspec.impl.errors` (the exception hierarchy).
 
 This package never imports ``spec``: the two are written independently so that the
 conformance suite can find where they disagree.
 """
 
-from impl.block import (
+from kvspec.impl.block import (
     BlockHash,
     BlockHashWithGroupId,
     KVCacheBlock,
@@ -17,9 +18,9 @@ from impl.block import (
     get_group_id,
     make_block_hash_with_group_id,
 )
-from impl.block_hash_map import BlockHashToBlockMap
-from impl.block_pool import BlockPool
-from impl.errors import (
+from kvspec.impl.block_hash_map import BlockHashToBlockMap
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import (
     CacheStateError,
     FreeQueueError,
     InvalidArgumentError,
@@ -28,8 +29,8 @@ from impl.errors import (
     NoFreeBlocksError,
     RefCountError,
 )
-from impl.free_queue import FreeKVCacheBlockQueue
-from impl.profiles import CLASSIC, CURRENT, PROFILES, PoolProfile, resolve_profile
+from kvspec.impl.free_queue import FreeKVCacheBlockQueue
+from kvspec.impl.profiles import CLASSIC, CURRENT, PROFILES, PoolProfile, resolve_profile
 
 __all__ = [
     "BlockHash",

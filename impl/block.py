@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NewType
 
-from impl.errors import CacheStateError, InvalidArgumentError
+from kvspec.impl.errors import CacheStateError, InvalidArgumentError
 
 BlockHash = NewType("BlockHash", bytes)
 """The chained content hash of one full block (see ``hash_block_tokens`` upstream)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from impl.block import BlockHashWithGroupId, KVCacheBlock
+from kvspec.impl.block import BlockHashWithGroupId, KVCacheBlock
 
 
 class BlockHashToBlockMap:

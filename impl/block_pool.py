@@ -6,24 +6,24 @@ freed block keeps its hash and stays hittable until ``get_new_blocks`` pops it f
 only then does its key leave the index.
 
 Every public operation refuses bad input before mutating anything, so a caller that catches
-a :class:`~impl.errors.KVCacheError` finds the pool unchanged.
+a :class:`~kvspec.impl.errors.KVCacheError` finds the pool unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from impl.block import KVCacheBlock, make_block_hash_with_group_id
-from impl.block_hash_map import BlockHashToBlockMap
-from impl.errors import (
+from kvspec.impl.block import KVCacheBlock, make_block_hash_with_group_id
+from kvspec.impl.block_hash_map import BlockHashToBlockMap
+from kvspec.impl.errors import (
     CacheStateError,
     InvalidArgumentError,
     InvalidBlockError,
     NoFreeBlocksError,
     RefCountError,
 )
-from impl.free_queue import FreeKVCacheBlockQueue
-from impl.profiles import PoolProfile, resolve_profile
+from kvspec.impl.free_queue import FreeKVCacheBlockQueue
+from kvspec.impl.profiles import PoolProfile, resolve_profile
 
 
 class BlockPool:
@@ -34,7 +34,7 @@ class BlockPool:
     prefix), so it is never handed out, never queued and never hashed. Usable capacity is
     therefore ``num_gpu_blocks - 1``.
 
-    ``profile`` names the upstream behaviour to follow (:mod:`impl.profiles`): ``"current"``
+    ``profile`` names the upstream behaviour to follow (:mod:`kvspec.impl.profiles`): ``"current"``
     (vLLM >= 0.24) or ``"classic"`` (vLLM 0.22.x).
     """
 

@@ -46,8 +46,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-
-from impl.errors import KVCacheError
+from kvspec.impl.errors import KVCacheError
 
 NULL_BLOCK_ID = 0
 """Block 0 is the null block in kvspec's pool protocol: a placeholder that never holds data."""
@@ -69,7 +68,7 @@ class CopyOnWriteError(BlockStoreError):
 
 class BlockStateView(Protocol):
     """What the write guard needs from a pool: the two per-block observations of kvspec's
-    pool target protocol (``conformance.protocol.PoolTarget`` satisfies it)."""
+    pool target protocol (``kvspec.conformance.pool.protocol.PoolTarget`` satisfies it)."""
 
     def ref_cnt(self, block_id: int) -> int: ...
     def block_hash(self, block_id: int) -> bytes | None: ...

@@ -24,12 +24,12 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-from impl.block import KVCacheBlock
-from impl.block_pool import BlockPool
-from impl.errors import InvalidArgumentError
-from impl.kv_cache_manager import AllocationError, cdiv
-from impl.kv_cache_utils import PROFILES, HashFn, get_request_block_hasher, sha256
-from impl.request import Request
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import InvalidArgumentError
+from kvspec.impl.kv_cache_manager import AllocationError, cdiv
+from kvspec.impl.kv_cache_utils import PROFILES, HashFn, get_request_block_hasher, sha256
+from kvspec.impl.request import Request
 
 
 def resolve_kv_cache_block_sizes(
@@ -128,7 +128,7 @@ class FullAttentionGroup:
 class HybridKVCacheCoordinator:
     """Prefix caching and allocation for full-attention groups of different block sizes.
 
-    The same operations as :class:`~impl.kv_cache_manager.KVCacheManager`, with one
+    The same operations as :class:`~kvspec.impl.kv_cache_manager.KVCacheManager`, with one
     block list per group wherever the manager has one list.
     """
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from impl.block import KVCacheBlock
-from impl.errors import FreeQueueError, InvalidArgumentError, NoFreeBlocksError
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.errors import FreeQueueError, InvalidArgumentError, NoFreeBlocksError
 
 
 class FreeKVCacheBlockQueue:

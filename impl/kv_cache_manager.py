@@ -26,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from impl.block import KVCacheBlock
-from impl.block_pool import BlockPool
-from impl.errors import InvalidArgumentError, KVCacheError
-from impl.kv_cache_utils import HashFn, get_request_block_hasher, sha256
-from impl.request import Request
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import InvalidArgumentError, KVCacheError
+from kvspec.impl.kv_cache_utils import HashFn, get_request_block_hasher, sha256
+from kvspec.impl.request import Request
 
 KV_CACHE_GROUP_ID = 0
-"""The one group this manager serves; keys are built with it (``impl.block``)."""
+"""The one group this manager serves; keys are built with it (``kvspec.impl.block``)."""
 
 
 class AllocationError(KVCacheError, ValueError):

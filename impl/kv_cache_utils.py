@@ -26,11 +26,11 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from impl.block import BlockHash
-from impl.errors import InvalidArgumentError
+from kvspec.impl.block import BlockHash
+from kvspec.impl.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from impl.request import Request
+    from kvspec.impl.request import Request
 
 HashFn = Callable[[Any], bytes]
 """A deterministic hash of a picklable object to bytes."""

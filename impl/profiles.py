@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from impl.errors import InvalidArgumentError
+from kvspec.impl.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True, slots=True)

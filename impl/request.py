@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from impl.errors import InvalidArgumentError
+from kvspec.impl.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class MultiModalFeature:
 class Request:
     """A generation request: prompt plus outputs so far, and their full-block hashes.
 
-    ``block_hasher`` (from ``impl.kv_cache_utils.get_request_block_hasher``) is stored on
+    ``block_hasher`` (from ``kvspec.impl.kv_cache_utils.get_request_block_hasher``) is stored on
     the request, not passed to the manager at lookup time, because hashes must be
     extended incrementally as tokens arrive; without one, ``block_hashes`` stays empty
     and the request can neither hit nor populate the prefix cache.

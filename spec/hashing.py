@@ -21,7 +21,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spec.profiles import Profile
+from kvspec.spec.profiles import Profile
 
 #: The pickle protocol of the encoding. Fixed, not ``pickle.HIGHEST_PROTOCOL``, so a newer
 #: Python with a new protocol cannot change every key; 5 is what upstream gets today.

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from spec.pool import NULL_BLOCK, PoolState, get_num_free_blocks, get_usage
+from kvspec.spec.pool import NULL_BLOCK, PoolState, get_num_free_blocks, get_usage
 
 USAGE_TOLERANCE = 1e-9
 

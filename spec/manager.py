@@ -1,7 +1,7 @@
 """The KV-cache manager (one full-attention group), as a specification.
 
 State
-    ``pool``              the block pool (:mod:`spec.pool`); every pool effect goes through
+    ``pool``              the block pool (:mod:`kvspec.spec.pool`); every pool effect goes through
                           its functions.
     ``req_to_blocks``     request id -> its block table, block i holding tokens
                           ``[i * block_size, (i + 1) * block_size)``.
@@ -10,12 +10,12 @@ State
                           adopt hits.
     ``stats``             prefix-cache statistics, counted once per admitted request.
 
-Each operation checks its guard first, raising :class:`~spec.errors.Refused` before any
+Each operation checks its guard first, raising :class:`~kvspec.spec.errors.Refused` before any
 change, then applies its effect. ``allocate_slots`` has a second, non-error failure: it
 returns ``None`` when the pool cannot hold the request ("cannot schedule"), and that too
 leaves the state exactly as it was.
 
-The scheduler, not the manager, owns the :class:`~spec.request.Request`: it advances
+The scheduler, not the manager, owns the :class:`~kvspec.spec.request.Request`: it advances
 ``num_computed_tokens`` after a step and resets it on preemption.
 """
 
@@ -25,11 +25,11 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from spec import errors, pool
-from spec.errors import Refused
-from spec.pool import PoolState
-from spec.profiles import CURRENT, Profile
-from spec.request import Request
+from kvspec.spec import errors, pool
+from kvspec.spec.errors import Refused
+from kvspec.spec.pool import PoolState
+from kvspec.spec.profiles import CURRENT, Profile
+from kvspec.spec.request import Request
 
 # Refusal reasons of the manager (the pool's are in spec/errors.py).
 BLOCK_SIZE_MISMATCH = "block-size-mismatch"

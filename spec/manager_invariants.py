@@ -1,6 +1,6 @@
 """Named invariants of the KV-cache manager (request level).
 
-Like :mod:`spec.invariants`, each invariant is a function from a snapshot of *observable*
+Like :mod:`kvspec.spec.invariants`, each invariant is a function from a snapshot of *observable*
 facts to a list of violations, so the same checks run on the spec and on any target
 driven through the manager protocol. A :class:`ManagerSnapshot` holds two kinds of fact:
 
@@ -21,10 +21,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
-from spec.hashing import LoRARequest
-from spec.manager import ManagerState, PrefixCacheStats, get_block_ids, prefix_cache_stats
-from spec.pool import NULL_BLOCK
-from spec.request import Request
+from kvspec.spec.hashing import LoRARequest
+from kvspec.spec.manager import ManagerState, PrefixCacheStats, get_block_ids, prefix_cache_stats
+from kvspec.spec.pool import NULL_BLOCK
+from kvspec.spec.request import Request
 
 # --------------------------------------------------------------------------- block content
 

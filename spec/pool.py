@@ -11,7 +11,7 @@ Block 0 is the *null block*: a placeholder that pads block tables, never holds d
 never queued, never handed out and never hashed.
 
 Each operation is a function ``op(state, ...)`` that first checks its guard, raising
-:class:`~spec.errors.Refused` *before any change*, and then applies its effect. So a
+:class:`~kvspec.spec.errors.Refused` *before any change*, and then applies its effect. So a
 refused operation leaves the state exactly as it was, by construction.
 
 Nothing here is fast, on purpose: lists are searched, the queue is a list. This file is
@@ -24,9 +24,9 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from spec import errors
-from spec.errors import Refused
-from spec.profiles import CURRENT, Profile
+from kvspec.spec import errors
+from kvspec.spec.errors import Refused
+from kvspec.spec.profiles import CURRENT, Profile
 
 NULL_BLOCK = 0
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from spec.hashing import (
+from kvspec.spec.hashing import (
     HashFn,
     LoRARequest,
     MultiModalItem,
     block_hashes,
     sha256_hash,
 )
-from spec.profiles import CURRENT, Profile
+from kvspec.spec.profiles import CURRENT, Profile
 
 __all__ = ["LoRARequest", "MultiModalItem", "Request"]
 

@@ -10,12 +10,11 @@ import sys
 import types
 
 import pytest
-
-from benchmarks import free_queue, pool_trace
-from benchmarks._harness import machine_info, measure
-from conformance.cli import main as kvspec
-from impl.block_pool import BlockPool
-from impl.errors import FreeQueueError, NoFreeBlocksError
+from kvspec.benchmarks import free_queue, pool_trace
+from kvspec.benchmarks._harness import machine_info, measure
+from kvspec.conformance.cli import main as kvspec
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import FreeQueueError, NoFreeBlocksError
 
 CONTENDERS = list(free_queue.CONTENDERS)
 
@@ -155,8 +154,8 @@ def test_bench_options_may_follow_the_benchmark_name(capsys):
 
 def test_bench_store_passes_its_arguments_to_the_store_benchmark(monkeypatch):
     seen = []
-    fake = types.ModuleType("benchmarks.block_store")
+    fake = types.ModuleType("kvspec.benchmarks.block_store")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "benchmarks.block_store", fake)
+    monkeypatch.setitem(sys.modules, "kvspec.benchmarks.block_store", fake)
     assert kvspec(["bench", "store", "--device", "cpu"]) == 0
     assert seen == [["--device", "cpu"]]

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from benchmarks.pool_trace import TraceShape
-from benchmarks.upstream import load_trace, record_ops, replay, replay_checked, save_trace
-from conformance.targets import impl_pool_factory
+from kvspec.benchmarks.pool_trace import TraceShape
+from kvspec.benchmarks.upstream import load_trace, record_ops, replay, replay_checked, save_trace
+from kvspec.conformance.pool.targets import impl_pool_factory
 
 # A small pool under pressure: a few hundred requests already evict cached blocks.
 SHAPE = TraceShape(

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-
-from conformance.targets import ImplPool
-from impl.block_store import BlockStore, BlockStoreError, CopyOnWriteError
-from impl.errors import KVCacheError
+from kvspec.conformance.pool.targets import ImplPool
+from kvspec.impl.block_store import BlockStore, BlockStoreError, CopyOnWriteError
+from kvspec.impl.errors import KVCacheError
 
 LAYERS, HEADS, HEAD_SIZE, BLOCK_SIZE = 2, 2, 4, 4
 
@@ -388,7 +387,7 @@ def test_gathers_are_bit_identical_on_every_available_device() -> None:
 def test_benchmark_prints_a_row_per_operation_and_the_one_block_overhead(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from benchmarks.block_store import main
+    from kvspec.benchmarks.block_store import main
 
     tiny = "--layers 1 --kv-heads 1 --head-size 8 --block-size 4 --copy-blocks 1,3"
     tiny += " --gather-tokens 10 --repeats 1 --min-batch-ms 0"

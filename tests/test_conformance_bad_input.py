@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from conformance.bad_input import PROBES, format_report, probe, probe_all
-from conformance.mutants import MUTANTS
-from conformance.targets import impl_pool_factory
+from kvspec.conformance.mutants import MUTANTS
+from kvspec.conformance.pool.bad_input import PROBES, format_report, probe, probe_all
+from kvspec.conformance.pool.targets import impl_pool_factory
 
 
 def test_kvspecs_allocator_refuses_every_probe_and_changes_nothing() -> None:

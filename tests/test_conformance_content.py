@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 import third_party_pool
 import torch
-from test_block_store import TOLERANCE, dense_attention
-
-from conformance.content_driver import (
+from kvspec.conformance.content.driver import (
     CONTENT_CHECKS,
     ContentConfig,
     ContentDivergence,
@@ -19,15 +17,16 @@ from conformance.content_driver import (
     replay_content_trace,
     store_cls_for,
 )
-from conformance.content_machine import run_content_check, run_content_mutant
-from conformance.content_values import ExpectedKV, bits
-from conformance.mutants import store as store_mutants
-from conformance.mutants.store_zoo import STORE_MUTANTS, ensure_registered
-from conformance.runner import run_check
-from conformance.targets import impl_factory_for, impl_pool_factory
-from conformance.trace import Step, Trace
-from impl.block_pool import BlockPool
-from impl.block_store import BlockStore, CopyOnWriteError
+from kvspec.conformance.content.machine import run_content_check, run_content_mutant
+from kvspec.conformance.content.values import ExpectedKV, bits
+from kvspec.conformance.engines.randomized import run_check
+from kvspec.conformance.mutants import store as store_mutants
+from kvspec.conformance.mutants.store_zoo import STORE_MUTANTS, ensure_registered
+from kvspec.conformance.pool.targets import impl_factory_for, impl_pool_factory
+from kvspec.conformance.trace import Step, Trace
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.block_store import BlockStore, CopyOnWriteError
+from test_block_store import TOLERANCE, dense_attention
 
 QUICK = {"max_examples": 50, "database": None, "progress": False, "seed": 7}
 STORE_MUTANT_NAMES = [m.name for m in STORE_MUTANTS]

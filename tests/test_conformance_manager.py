@@ -5,23 +5,27 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conformance.check_cmd import levels_to_run
-from conformance.manager_driver import ManagerConfig, ManagerDivergence, ManagerDriver, replay_steps
-from conformance.manager_targets import (
+from kvspec.conformance.commands.check import levels_to_run
+from kvspec.conformance.commands.mutants import run_mutant
+from kvspec.conformance.engines.randomized import run_check
+from kvspec.conformance.engines.replay import replay_trace
+from kvspec.conformance.manager.driver import (
+    ManagerConfig,
+    ManagerDivergence,
+    ManagerDriver,
+    replay_steps,
+)
+from kvspec.conformance.manager.targets import (
     factory_level,
     impl_manager_factory,
     load_manager_factory,
     manager_factory_for,
 )
-from conformance.mutants import MUTANTS
-from conformance.mutants.manager import HashIgnoresParent, NewBlocksBeforeTouch
-from conformance.mutants_cmd import run_mutant
-from conformance.replay import replay_trace
-from conformance.report import write_failure
-from conformance.runner import run_check
-from conformance.targets import TargetSpecError, impl_pool_factory
-from conformance.trace import Step, Trace
+from kvspec.conformance.mutants import MUTANTS
+from kvspec.conformance.mutants.manager import HashIgnoresParent, NewBlocksBeforeTouch
+from kvspec.conformance.pool.targets import TargetSpecError, impl_pool_factory
+from kvspec.conformance.report import write_failure
+from kvspec.conformance.trace import Step, Trace
 
 QUICK = {"level": "manager", "max_examples": 60, "database": None, "progress": False,
          "seed": 7}
@@ -140,13 +144,14 @@ def test_a_failing_manager_run_writes_a_trace_that_replays_to_the_same_failure(
 
 def test_check_all_runs_both_levels_for_impl_and_one_for_a_users_factory() -> None:
     assert levels_to_run("impl", "all") == (["pool", "manager"], [])
-    assert levels_to_run("conformance.targets:impl_pool_factory", "all") == (["pool"], [])
-    assert levels_to_run("conformance.manager_targets:impl_manager_factory", "all") == (
+    assert levels_to_run(
+        "kvspec.conformance.pool.targets:impl_pool_factory", "all") == (["pool"], [])
+    assert levels_to_run("kvspec.conformance.manager.targets:impl_manager_factory", "all") == (
         ["manager"], [])
     assert factory_level(impl_pool_factory) == "pool"
     assert factory_level(lambda num_blocks, block_size, **kw: None) == "manager"
     with pytest.raises(TargetSpecError, match="builds pool targets"):
-        load_manager_factory("conformance.targets:impl_pool_factory")
+        load_manager_factory("kvspec.conformance.pool.targets:impl_pool_factory")
 
 
 def test_a_target_that_trusts_its_scheduler_names_the_bad_input_it_does_not_refuse() -> None:

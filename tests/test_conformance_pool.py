@@ -6,15 +6,14 @@ import json
 
 import pytest
 import third_party_pool
-
-from conformance.driver import Divergence, PoolConfig, PoolDriver, replay_steps
-from conformance.mutants import MUTANTS
-from conformance.mutants_cmd import run_mutant
-from conformance.replay import replay_trace
-from conformance.report import pytest_function, write_failure
-from conformance.runner import run_check
-from conformance.targets import impl_pool_factory
-from conformance.trace import Step, Trace, TraceError
+from kvspec.conformance.commands.mutants import run_mutant
+from kvspec.conformance.engines.randomized import run_check
+from kvspec.conformance.engines.replay import replay_trace
+from kvspec.conformance.mutants import MUTANTS
+from kvspec.conformance.pool.driver import Divergence, PoolConfig, PoolDriver, replay_steps
+from kvspec.conformance.pool.targets import impl_pool_factory
+from kvspec.conformance.report import pytest_function, write_failure
+from kvspec.conformance.trace import Step, Trace, TraceError
 
 QUICK = {"max_examples": 60, "database": None, "progress": False, "seed": 7}
 

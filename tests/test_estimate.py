@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conformance.cli import main as kvspec
-from impl.kv_cache_manager import KVCacheManager
-from impl.memory_estimate import (
+from kvspec.conformance.cli import main as kvspec
+from kvspec.impl.kv_cache_manager import KVCacheManager
+from kvspec.impl.memory_estimate import (
     MODELS,
     EstimateError,
     Scenario,
@@ -23,7 +22,7 @@ from impl.memory_estimate import (
     estimate_blocks,
     model_from_hf_config,
 )
-from impl.request import Request
+from kvspec.impl.request import Request
 
 # ----------------------------------------------------------------------------- the formula
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from impl.block import (
+from kvspec.impl.block import (
     KVCacheBlock,
     get_block_hash,
     get_group_id,
     make_block_hash_with_group_id,
 )
-from impl.block_hash_map import BlockHashToBlockMap
-from impl.errors import CacheStateError, InvalidArgumentError, KVCacheError
+from kvspec.impl.block_hash_map import BlockHashToBlockMap
+from kvspec.impl.errors import CacheStateError, InvalidArgumentError, KVCacheError
 
 
 def test_block_is_slotted_metadata() -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from impl.block import KVCacheBlock, get_block_hash, make_block_hash_with_group_id
-from impl.block_pool import BlockPool
-from impl.errors import InvalidArgumentError
-from impl.free_queue import FreeKVCacheBlockQueue
+from kvspec.impl.block import KVCacheBlock, get_block_hash, make_block_hash_with_group_id
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import InvalidArgumentError
+from kvspec.impl.free_queue import FreeKVCacheBlockQueue
 
 BOTH = pytest.mark.parametrize("profile", ["current", "classic"])
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from impl.block import KVCacheBlock
-from impl.errors import FreeQueueError, InvalidArgumentError, NoFreeBlocksError
-from impl.free_queue import FreeKVCacheBlockQueue
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.errors import FreeQueueError, InvalidArgumentError, NoFreeBlocksError
+from kvspec.impl.free_queue import FreeKVCacheBlockQueue
 
 
 def make_queue(n: int) -> tuple[list[KVCacheBlock], FreeKVCacheBlockQueue]:

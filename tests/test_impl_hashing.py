@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-from impl.kv_cache_utils import (
+from kvspec.impl.kv_cache_utils import (
     NONE_HASH,
     NONE_HASH_SEED,
     generate_block_hash_extra_keys,
@@ -19,7 +18,7 @@ from impl.kv_cache_utils import (
     hash_block_tokens,
     sha256,
 )
-from impl.request import MultiModalFeature, Request
+from kvspec.impl.request import MultiModalFeature, Request
 
 BS = 4
 PROFILES = ("current", "classic")

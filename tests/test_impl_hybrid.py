@@ -7,14 +7,13 @@ hashes at 16 (the gcd), hit alignment at 32 (the lcm).
 from __future__ import annotations
 
 import pytest
-
-from impl.coordinator import (
+from kvspec.impl.coordinator import (
     BlockHashListWithBlockSize,
     HybridKVCacheCoordinator,
     resolve_kv_cache_block_sizes,
 )
-from impl.errors import InvalidArgumentError
-from impl.request import Request
+from kvspec.impl.errors import InvalidArgumentError
+from kvspec.impl.request import Request
 
 PROFILES = ("current", "classic")
 

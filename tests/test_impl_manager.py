@@ -9,11 +9,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from impl.block import get_block_hash
-from impl.errors import KVCacheError
-from impl.kv_cache_manager import AllocationError, KVCacheManager, PrefixCacheStats
-from impl.request import Request
+from kvspec.impl.block import get_block_hash
+from kvspec.impl.errors import KVCacheError
+from kvspec.impl.kv_cache_manager import AllocationError, KVCacheManager, PrefixCacheStats
+from kvspec.impl.request import Request
 
 PROFILES = ("current", "classic")
 

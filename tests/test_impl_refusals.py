@@ -6,10 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from impl.block import KVCacheBlock
-from impl.block_pool import BlockPool
-from impl.errors import (
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import (
     CacheStateError,
     InvalidArgumentError,
     InvalidBlockError,

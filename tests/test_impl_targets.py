@@ -7,9 +7,8 @@ import types
 from typing import Any
 
 import pytest
-
-from conformance.protocol import PoolTarget
-from conformance.targets import (
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.pool.targets import (
     OPERATIONS,
     ImplPool,
     TargetSpecError,
@@ -18,9 +17,9 @@ from conformance.targets import (
     load_factory,
     unsupported_operations,
 )
-from impl.block import KVCacheBlock
-from impl.block_pool import BlockPool
-from impl.errors import InvalidBlockError, KVCacheError
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import InvalidBlockError, KVCacheError
 
 
 def observe(target: PoolTarget, num_blocks: int, hashes: list[bytes]) -> dict[str, Any]:
@@ -161,18 +160,18 @@ def test_pool_cls_plugs_a_subclass_into_the_adapter() -> None:
 
 def test_load_factory_resolves_impl_and_module_paths() -> None:
     assert load_factory("impl") is impl_pool_factory
-    assert load_factory("conformance.targets:impl_pool_factory") is impl_pool_factory
-    assert load_factory("conformance.targets:ImplPool") is ImplPool
+    assert load_factory("kvspec.conformance.pool.targets:impl_pool_factory") is impl_pool_factory
+    assert load_factory("kvspec.conformance.pool.targets:ImplPool") is ImplPool
 
 
 def test_load_factory_resolves_vllm_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("conformance.vllm_target")
+    fake = types.ModuleType("kvspec.conformance.upstream.vllm_pool")
 
     def vllm_pool_factory(num_blocks: int, **kwargs: Any) -> None:
         raise AssertionError("not called by load_factory")
 
     fake.vllm_pool_factory = vllm_pool_factory  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "conformance.vllm_target", fake)
+    monkeypatch.setitem(sys.modules, "kvspec.conformance.upstream.vllm_pool", fake)
     assert load_factory("vllm") is vllm_pool_factory
 
 
@@ -183,10 +182,10 @@ def test_load_factory_resolves_vllm_lazily(monkeypatch: pytest.MonkeyPatch) -> N
         ("no_colon_here", "exactly one ':'"),
         ("a:b:c", "exactly one ':'"),
         (":factory", "exactly one ':'"),
-        ("conformance.targets:", "exactly one ':'"),
+        ("kvspec.conformance.pool.targets:", "exactly one ':'"),
         ("kvspec_no_such_module_xyz:f", "cannot import module 'kvspec_no_such_module_xyz'"),
-        ("conformance.targets:no_such_factory", "has no attribute 'no_such_factory'"),
-        ("conformance.targets:OPERATIONS", "expected a callable factory"),
+        ("kvspec.conformance.pool.targets:no_such_factory", "has no attribute 'no_such_factory'"),
+        ("kvspec.conformance.pool.targets:OPERATIONS", "expected a callable factory"),
     ],
 )
 def test_load_factory_rejects_bad_target_strings_clearly(spec: str, message: str) -> None:

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-from spec.hashing import (
+from kvspec.spec.hashing import (
     ROOT_HASH,
     LoRARequest,
     MultiModalItem,
@@ -19,8 +18,8 @@ from spec.hashing import (
     hash_block_tokens,
     sha256_hash,
 )
-from spec.profiles import CLASSIC, CURRENT, PROFILES
-from spec.request import Request
+from kvspec.spec.profiles import CLASSIC, CURRENT, PROFILES
+from kvspec.spec.request import Request
 
 BS = 4
 PROFILE_PARAMS = pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))

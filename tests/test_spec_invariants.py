@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from spec import pool as sp
-from spec.invariants import INVARIANTS, PoolSnapshot, check_all, snapshot
+from kvspec.spec import pool as sp
+from kvspec.spec.invariants import INVARIANTS, PoolSnapshot, check_all, snapshot
 
 
 def healthy() -> PoolSnapshot:

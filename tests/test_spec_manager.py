@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from spec import invariants as pool_invariants
-from spec import manager_invariants as mi
-from spec import pool
-from spec.errors import Refused
-from spec.hashing import LoRARequest, sha256_hash
-from spec.manager import (
+from kvspec.spec import invariants as pool_invariants
+from kvspec.spec import manager_invariants as mi
+from kvspec.spec import pool
+from kvspec.spec.errors import Refused
+from kvspec.spec.hashing import LoRARequest, sha256_hash
+from kvspec.spec.manager import (
     ManagerState,
     PrefixCacheStats,
     allocate_slots,
@@ -25,8 +24,8 @@ from spec.manager import (
     reset_prefix_cache,
     usage,
 )
-from spec.profiles import CLASSIC, CURRENT, PROFILES, Profile
-from spec.request import Request
+from kvspec.spec.profiles import CLASSIC, CURRENT, PROFILES, Profile
+from kvspec.spec.request import Request
 
 BS = 16
 PROFILE_PARAMS = pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))

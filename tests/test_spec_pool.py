@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from spec import invariants
-from spec.errors import Refused
-from spec.pool import (
+from kvspec.spec import invariants
+from kvspec.spec.errors import Refused
+from kvspec.spec.pool import (
     NULL_BLOCK,
     PoolState,
     cache_block,
@@ -22,7 +21,7 @@ from spec.pool import (
     reset_prefix_cache,
     touch,
 )
-from spec.profiles import CLASSIC, CURRENT, PROFILES, Profile
+from kvspec.spec.profiles import CLASSIC, CURRENT, PROFILES, Profile
 
 PROFILE_PARAMS = pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))
 H1, H2, H3 = b"h1", b"h2", b"h3"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conformance.cli import main as kvspec
-from conformance.trace import Trace
-from spec.symbolic.twins import MUTANTS
+from kvspec.conformance.cli import main as kvspec
+from kvspec.conformance.trace import Trace
+from kvspec.spec.symbolic.twins import MUTANTS
 
 
 def test_prove_proves_every_invariant_of_the_spec(capsys, tmp_path):

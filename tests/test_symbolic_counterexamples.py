@@ -13,19 +13,18 @@ from dataclasses import replace
 from functools import cache
 
 import pytest
-
-from conformance.mutants import MUTANTS as ZOO
-from conformance.prove_cmd import counterexample_trace
-from conformance.replay import replay_trace
-from conformance.trace import Trace
-from spec.errors import Refused
-from spec.invariants import check_all, snapshot
-from spec.pool import get_cached_block, init_pool
-from spec.profiles import CLASSIC, CURRENT, get_profile
-from spec.symbolic.bmc import bmc, divergence
-from spec.symbolic.explicit import shortest_divergence, shortest_violation
-from spec.symbolic.model import ModelConfig
-from spec.symbolic.twins import MUTANTS, SPEC, PoolSemantics, semantics_of
+from kvspec.conformance.commands.prove import counterexample_trace
+from kvspec.conformance.engines.replay import replay_trace
+from kvspec.conformance.mutants import MUTANTS as ZOO
+from kvspec.conformance.trace import Trace
+from kvspec.spec.errors import Refused
+from kvspec.spec.invariants import check_all, snapshot
+from kvspec.spec.pool import get_cached_block, init_pool
+from kvspec.spec.profiles import CLASSIC, CURRENT, get_profile
+from kvspec.spec.symbolic.bmc import bmc, divergence
+from kvspec.spec.symbolic.explicit import shortest_divergence, shortest_violation
+from kvspec.spec.symbolic.model import ModelConfig
+from kvspec.spec.symbolic.twins import MUTANTS, SPEC, PoolSemantics, semantics_of
 
 SMALL = {"num_blocks": 3, "table_len": 2, "num_hashes": 3}
 DEPTH = 6  # every shortest counterexample at SMALL is at most 5 long

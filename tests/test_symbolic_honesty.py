@@ -11,12 +11,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from spec.profiles import CLASSIC, CURRENT
-from spec.symbolic.concrete import admits_exactly, auxiliary_hold
-from spec.symbolic.explicit import initial_world, step, successors
-from spec.symbolic.model import ModelConfig, Op, all_ops
-from spec.symbolic.twins import MUTANTS, semantics_of
+from kvspec.spec.profiles import CLASSIC, CURRENT
+from kvspec.spec.symbolic.concrete import admits_exactly, auxiliary_hold
+from kvspec.spec.symbolic.explicit import initial_world, step, successors
+from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
+from kvspec.spec.symbolic.twins import MUTANTS, semantics_of
 
 configs = st.builds(
     ModelConfig,

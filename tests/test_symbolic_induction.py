@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from spec.profiles import CLASSIC, CURRENT
-from spec.symbolic.bmc import all_invariant_names
-from spec.symbolic.encoding import AUXILIARY_MEANING
-from spec.symbolic.induction import houdini, k_induction, prove
-from spec.symbolic.model import ModelConfig
+from kvspec.spec.profiles import CLASSIC, CURRENT
+from kvspec.spec.symbolic.bmc import all_invariant_names
+from kvspec.spec.symbolic.encoding import AUXILIARY_MEANING
+from kvspec.spec.symbolic.induction import houdini, k_induction, prove
+from kvspec.spec.symbolic.model import ModelConfig
 
 SMALL = {"num_blocks": 3, "table_len": 2, "num_hashes": 3}
 

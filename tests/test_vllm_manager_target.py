@@ -13,22 +13,22 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from conformance.driver import PoolConfig, PoolDriver  # noqa: E402
-from conformance.manager_driver import ManagerConfig, replay_steps  # noqa: E402
-from conformance.manager_protocol import ManagerTarget, UnknownRequestError  # noqa: E402
-from conformance.manager_targets import factory_level, load_manager_factory  # noqa: E402
-from conformance.runner import run_check  # noqa: E402
-from conformance.trace import Step  # noqa: E402
-from conformance.vllm_manager_target import (  # noqa: E402
+from kvspec.conformance.engines.randomized import run_check  # noqa: E402
+from kvspec.conformance.manager.driver import ManagerConfig, replay_steps  # noqa: E402
+from kvspec.conformance.manager.protocol import ManagerTarget, UnknownRequestError  # noqa: E402
+from kvspec.conformance.manager.targets import factory_level, load_manager_factory  # noqa: E402
+from kvspec.conformance.pool.driver import PoolConfig, PoolDriver  # noqa: E402
+from kvspec.conformance.trace import Step  # noqa: E402
+from kvspec.conformance.upstream.vllm_manager import (  # noqa: E402
     UNCHECKED_BAD_INPUT,
     VllmManager,
     vllm_manager_factory,
 )
-from conformance.vllm_target import VllmNotInstalledError, vllm_pool_factory  # noqa: E402
-from spec.hashing import LoRARequest  # noqa: E402
-from spec.request import Request  # noqa: E402
+from kvspec.conformance.upstream.vllm_pool import VllmNotInstalledError, vllm_pool_factory  # noqa: E402
+from kvspec.spec.hashing import LoRARequest  # noqa: E402
+from kvspec.spec.request import Request  # noqa: E402
 
-FACTORY_PATH = "conformance.vllm_manager_target:vllm_manager_factory"
+FACTORY_PATH = "kvspec.conformance.upstream.vllm_manager:vllm_manager_factory"
 
 
 def run_request(m: ManagerTarget, rid: str, prompt: list[int]) -> list[int]:

@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from conformance.protocol import PoolTarget  # noqa: E402
-from conformance.targets import load_factory, unsupported_operations  # noqa: E402
-from conformance.vllm_target import BlockIdError, vllm_pool_factory  # noqa: E402
+from kvspec.conformance.pool.protocol import PoolTarget  # noqa: E402
+from kvspec.conformance.pool.targets import load_factory, unsupported_operations  # noqa: E402
+from kvspec.conformance.upstream.vllm_pool import BlockIdError, vllm_pool_factory  # noqa: E402
 
 
 def held_request(pool: PoolTarget, hashes: list[bytes | None]) -> list[int]:
@@ -222,7 +222,7 @@ def test_upstream_caches_with_caching_off_and_reuse_keeps_the_stale_hash() -> No
 def test_the_benchmark_replays_one_trace_on_both_pools_and_prints_the_ratio(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from benchmarks import upstream
+    from kvspec.benchmarks import upstream
 
     assert upstream.main(["--ops", "400", "--repeats", "1"]) == 0
     out = capsys.readouterr().out

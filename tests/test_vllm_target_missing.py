@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-
-from conformance import vllm_target
-from conformance.vllm_target import VllmNotInstalledError, vllm_pool_factory
+from kvspec.conformance.upstream import vllm_pool as vllm_target
+from kvspec.conformance.upstream.vllm_pool import VllmNotInstalledError, vllm_pool_factory
 
 
 def test_the_vllm_target_module_imports_without_vllm() -> None:

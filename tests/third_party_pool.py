@@ -1,4 +1,4 @@
-"""A third-party allocator written only from the protocol docs (conformance/protocol.py).
+"""A third-party allocator written only from the protocol docs (conformance/pool/protocol.py).
 
 It is correct but makes different choices: it always hands out the *highest* free id and
 keeps no LRU order. kvspec's abstract mode must accept it; strict mode must reject it at

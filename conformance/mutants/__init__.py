@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from conformance.mutants import pool as pool_mutants
-from conformance.protocol import PoolTarget
-from conformance.targets import impl_factory_for
+from kvspec.conformance.mutants import pool as pool_mutants
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.pool.targets import impl_factory_for
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,12 @@ def register(mutants: list[Mutant]) -> None:
 
 # The manager level's mutants (conformance/mutants/manager.py) build their Mutant records
 # from the class above, so they join the zoo once it exists.
-from conformance.mutants.manager import MANAGER_MUTANTS  # noqa: E402
+from kvspec.conformance.mutants.manager import MANAGER_MUTANTS  # noqa: E402
 
 register(MANAGER_MUTANTS)
 
 # The content level's store mutants (conformance/mutants/store_zoo.py). Their classes need
 # torch and load only when a content check runs them.
-from conformance.mutants.store_zoo import STORE_MUTANTS  # noqa: E402
+from kvspec.conformance.mutants.store_zoo import STORE_MUTANTS  # noqa: E402
 
 register(STORE_MUTANTS)

@@ -12,16 +12,16 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conformance.manager_targets import manager_factory_for
-from impl.block import BlockHash, KVCacheBlock
-from impl.kv_cache_manager import KVCacheManager, cdiv
-from impl.kv_cache_utils import (
+from kvspec.conformance.manager.targets import manager_factory_for
+from kvspec.impl.block import BlockHash, KVCacheBlock
+from kvspec.impl.kv_cache_manager import KVCacheManager, cdiv
+from kvspec.impl.kv_cache_utils import (
     HashFn,
     generate_block_hash_extra_keys,
     hash_block_tokens,
     sha256,
 )
-from impl.request import Request
+from kvspec.impl.request import Request
 
 ExtraKeys = Callable[[Request, int, int, str], tuple[Any, ...] | None]
 
@@ -309,7 +309,7 @@ class WeakHash(KVCacheManager):
 
 
 def _mutants() -> list[Any]:
-    from conformance.mutants import Mutant
+    from kvspec.conformance.mutants import Mutant
 
     def manager(name: str, cls: type[KVCacheManager]) -> Mutant:
         return Mutant(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from impl.block import KVCacheBlock
-from impl.block_hash_map import BlockHashToBlockMap
-from impl.block_pool import BlockPool
-from impl.errors import NoFreeBlocksError
+from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block_hash_map import BlockHashToBlockMap
+from kvspec.impl.block_pool import BlockPool
+from kvspec.impl.errors import NoFreeBlocksError
 
 
 class ForwardOrderFree(BlockPool):

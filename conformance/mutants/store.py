@@ -3,7 +3,7 @@
 The pool beside them is kvspec's correct allocator, so every id, reference count, hash and
 queue position agrees with the spec: the pool-level machine cannot see these bugs. Only the
 content machine, which reads the K/V back, can. Each class docstring's first line is the
-mutant's summary in the zoo (``conformance.mutants``), and says what real mistake it models.
+mutant's summary in the zoo (``kvspec.conformance.mutants``), and says what real mistake it models.
 
 This module imports torch (through the store); the zoo names these classes by import path
 so that listing mutants does not.
@@ -12,8 +12,7 @@ so that listing mutants does not.
 from __future__ import annotations
 
 import torch
-
-from impl.block_store import BlockStore, IdsLike
+from kvspec.impl.block_store import BlockStore, IdsLike
 
 PAD_SLOT_ID = -1
 """The slot id vLLM gives the padding tokens of a batch; cache writes must skip it."""

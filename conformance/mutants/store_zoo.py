@@ -1,7 +1,7 @@
 """The store mutants' zoo records, without importing torch.
 
 A store mutant is a *target pair*: kvspec's correct pool and a broken ``BlockStore``
-subclass (``conformance.mutants.store``). The pair travels as one pool factory that carries
+subclass (``kvspec.conformance.mutants.store``). The pair travels as one pool factory that carries
 a ``store`` attribute, the import path of its store class, the same way a factory carries
 ``unsupported``. The pool level ignores the attribute, so ``kvspec check --target
 mutant:NAME`` at the pool level drives the correct pool and passes: ids cannot see these
@@ -13,11 +13,11 @@ the zoo does not import torch; a test keeps the two in step.
 
 from __future__ import annotations
 
-from conformance.mutants import MUTANTS, Mutant, register
-from conformance.protocol import PoolFactory
-from conformance.targets import ImplPool
+from kvspec.conformance.mutants import MUTANTS, Mutant, register
+from kvspec.conformance.pool.protocol import PoolFactory
+from kvspec.conformance.pool.targets import ImplPool
 
-STORE_MODULE = "conformance.mutants.store"
+STORE_MODULE = "kvspec.conformance.mutants.store"
 
 
 def impl_factory_with_store(store: str) -> PoolFactory:

@@ -19,7 +19,7 @@ fresh solver per depth (one joint query, then one per fact only when something b
 The benchmark compares the two.
 
 A model is decoded by *re-running its operations on the executable spec* (or the
-mutant's twin, :mod:`spec.symbolic.twins`): the trace kvspec reports is what the Python
+mutant's twin, :mod:`kvspec.spec.symbolic.twins`): the trace kvspec reports is what the Python
 spec did, and if that run does not break the invariant the two models have drifted
 apart, which is reported as an error, never as a counterexample.
 """
@@ -31,8 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import z3
-
-from spec.symbolic.encoding import (
+from kvspec.spec.symbolic.encoding import (
     SymState,
     auxiliary_terms,
     initial,
@@ -42,7 +41,7 @@ from spec.symbolic.encoding import (
     transition,
     usage_numerator,
 )
-from spec.symbolic.explicit import (
+from kvspec.spec.symbolic.explicit import (
     PoolCall,
     World,
     check_world,
@@ -51,8 +50,8 @@ from spec.symbolic.explicit import (
     run_ops,
     step,
 )
-from spec.symbolic.model import ModelConfig, Op, all_ops
-from spec.symbolic.twins import SPEC, get_mutant, semantics_of
+from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
+from kvspec.spec.symbolic.twins import SPEC, get_mutant, semantics_of
 
 
 class ModelDrift(RuntimeError):

@@ -3,7 +3,7 @@
 The z3 encoding is only worth its proofs if it means what the executable spec means.
 :func:`admits_exactly` fixes a symbolic pre-state to a concrete world, takes one
 operation, and asks z3 two questions: is any post-state admitted, and is any admitted
-post-state observably different from the one :func:`spec.symbolic.explicit.step`
+post-state observably different from the one :func:`kvspec.spec.symbolic.explicit.step`
 computes? The honest answers are "no, and (so) no" when the spec refuses, and "yes, and
 no" otherwise. The tests ask this of many random reachable worlds and operations.
 """
@@ -11,11 +11,10 @@ no" otherwise. The tests ask this of many random reachable worlds and operations
 from __future__ import annotations
 
 import z3
-
-from spec.symbolic.encoding import SymState, auxiliary_terms, transition
-from spec.symbolic.explicit import World, step
-from spec.symbolic.model import ModelConfig, all_ops
-from spec.symbolic.twins import get_mutant, semantics_of
+from kvspec.spec.symbolic.encoding import SymState, auxiliary_terms, transition
+from kvspec.spec.symbolic.explicit import World, step
+from kvspec.spec.symbolic.model import ModelConfig, all_ops
+from kvspec.spec.symbolic.twins import get_mutant, semantics_of
 
 
 def _insertion_rank(w: World) -> dict[int, tuple[int, int]]:

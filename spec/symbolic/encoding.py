@@ -3,7 +3,7 @@
 One state is a fixed set of integer and boolean variables (:class:`SymState`):
 
 ``ref[b]``, ``hash[b]``
-    ref count and content hash (0 = none, else ``1..H``; see :mod:`spec.symbolic.model`).
+    ref count and content hash (0 = none, else ``1..H``; see :mod:`kvspec.spec.symbolic.model`).
 ``inq[b]``, ``ahead[a][b]``
     free-queue membership and order. Instead of a list (positions shift on every pop) or
     integer timestamps (which need arithmetic and grow without bound), the order is a
@@ -26,9 +26,9 @@ One state is a fixed set of integer and boolean variables (:class:`SymState`):
     hash of the last cached one (0: none).
 
 The transition relation is *functional*: an integer ``op`` picks one instance of
-:func:`spec.symbolic.model.all_ops`; each variable's next value is an ``If`` over the
+:func:`kvspec.spec.symbolic.model.all_ops`; each variable's next value is an ``If`` over the
 instances that change it, else its old value; the chosen instance's guard must hold.
-A mutant name switches the few terms its bug changes (see :mod:`spec.symbolic.twins`).
+A mutant name switches the few terms its bug changes (see :mod:`kvspec.spec.symbolic.twins`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import z3
-
-from spec.symbolic.model import ModelConfig, Op, all_ops
+from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
 
 Expr = z3.ExprRef
 
@@ -587,7 +586,7 @@ def usage_numerator(s: SymState, mutant: str | None) -> Expr:
 
 
 def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
-    """Every named invariant of :mod:`spec.invariants` and the request invariants, in z3."""
+    """Every named invariant of :mod:`kvspec.spec.invariants` and the request invariants, in z3."""
     cfg = s.cfg
     n = cfg.num_blocks
     non_null = range(1, n)
@@ -644,7 +643,7 @@ def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
 def auxiliary_terms(s: SymState) -> dict[str, Expr]:
     """Candidate strengthening invariants for induction (see docs/prove.md for why each
     is true). They speak of the encoding's bookkeeping (orders, table shape), so
-    they are not invariants of :mod:`spec.invariants`, only of this model."""
+    they are not invariants of :mod:`kvspec.spec.invariants`, only of this model."""
     cfg = s.cfg
     n, lim, hmax = cfg.num_blocks, cfg.table_len, cfg.num_hashes
     out: dict[str, Expr] = {}

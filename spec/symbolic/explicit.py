@@ -1,7 +1,7 @@
 """The request-level world run on the executable spec: the ground truth for the z3 model.
 
-Every request operation (:mod:`spec.symbolic.model`) is carried out here by calling the
-:mod:`spec.pool` functions (or a mutant's twins), recording the pool calls it made. Three
+Every request operation (:mod:`kvspec.spec.symbolic.model`) is carried out here by calling the
+:mod:`kvspec.spec.pool` functions (or a mutant's twins), recording the pool calls it made. Three
 things rest on this file:
 
 * the honesty check: z3's transition relation must admit exactly the post-state
@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from spec.errors import Refused
-from spec.invariants import check_all, snapshot
-from spec.pool import NULL_BLOCK, PoolState, get_cached_block, init_pool
-from spec.symbolic.model import OP_MEANING, REQUEST_INVARIANTS, ModelConfig, Op, all_ops
-from spec.symbolic.twins import SPEC, PoolSemantics
+from kvspec.spec.errors import Refused
+from kvspec.spec.invariants import check_all, snapshot
+from kvspec.spec.pool import NULL_BLOCK, PoolState, get_cached_block, init_pool
+from kvspec.spec.symbolic.model import OP_MEANING, REQUEST_INVARIANTS, ModelConfig, Op, all_ops
+from kvspec.spec.symbolic.twins import SPEC, PoolSemantics
 
 #: One pool call as a trace records it: (operation, args), hashes as ``bytes``.
 PoolCall = tuple[str, dict[str, Any]]
@@ -79,7 +79,7 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
 
     The request-side guards (a table has room, a table is empty for a hit, a hash extends
     the request's last hash) are choices of the driver; the pool's guards are the spec's
-    :class:`~spec.errors.Refused`. A mutant twin may also fail with ``ValueError`` where
+    :class:`~kvspec.spec.errors.Refused`. A mutant twin may also fail with ``ValueError`` where
     its bug leaves the pool inconsistent; that counts as a refusal too.
     """
     s = _clone(w.pool)

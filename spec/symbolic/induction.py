@@ -5,7 +5,7 @@ An invariant P holds in every reachable state if some set of facts I containing 
 state satisfying I. P alone is rarely inductive (``eviction-order`` after a ``free`` needs
 to know the freed table's cached prefix is chained, which needs ``table-references``, ...),
 so the candidates are every named invariant plus the auxiliary facts of
-:func:`spec.symbolic.encoding.auxiliary_terms`.
+:func:`kvspec.spec.symbolic.encoding.auxiliary_terms`.
 
 Houdini finds the largest inductive subset of the candidates: drop every candidate that
 is false initially, then repeatedly drop every candidate that one step can break from a
@@ -20,15 +20,14 @@ import time
 from dataclasses import dataclass, field
 
 import z3
-
-from spec.symbolic.encoding import (
+from kvspec.spec.symbolic.encoding import (
     SymState,
     auxiliary_terms,
     initial,
     invariant_terms,
     transition,
 )
-from spec.symbolic.model import ModelConfig
+from kvspec.spec.symbolic.model import ModelConfig
 
 
 @dataclass
@@ -168,6 +167,6 @@ def prove(
 
 
 def lemma_names(report: InductionReport) -> list[str]:
-    """The survivors as :func:`spec.symbolic.bmc.bmc` takes them (``aux:`` prefixed)."""
+    """The survivors as :func:`kvspec.spec.symbolic.bmc.bmc` takes them (``aux:`` prefixed)."""
     aux = set(report.auxiliary_used)
     return [f"aux:{n}" if n in aux else n for n in report.survivors]

@@ -1,12 +1,12 @@
 """The request-level world the model checker explores: configuration, hash chains, operations.
 
-The pool spec (:mod:`spec.pool`) knows blocks, not requests. Two invariants need requests:
+The pool spec (:mod:`kvspec.spec.pool`) knows blocks, not requests. Two invariants need requests:
 ``eviction-order`` is only true when callers free a table in reverse, and
 ``no-double-allocation`` is only interesting when blocks circulate between tables. So the
 checker drives the pool the way ``KVCacheManager`` does: ``R`` requests, each with an
 ordered block table of at most ``L`` entries, and a handful of *request operations*, each
-of which is one or two pool calls. The explicit model (:mod:`spec.symbolic.explicit`) and
-the z3 encoding (:mod:`spec.symbolic.encoding`) share this file, so they cannot disagree
+of which is one or two pool calls. The explicit model (:mod:`kvspec.spec.symbolic.explicit`) and
+the z3 encoding (:mod:`kvspec.spec.symbolic.encoding`) share this file, so they cannot disagree
 about what the operations are.
 
 Content hashes form a fixed tree, numbered like a binary heap: hash ``h`` (``1..H``) is
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from spec.profiles import CURRENT, Profile
+from kvspec.spec.profiles import CURRENT, Profile
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def all_ops(cfg: ModelConfig) -> list[Op]:
     return ops
 
 
-#: Invariants over requests (the pool invariants live in :mod:`spec.invariants`).
+#: Invariants over requests (the pool invariants live in :mod:`kvspec.spec.invariants`).
 REQUEST_INVARIANTS: dict[str, str] = {
     "table-references": (
         "a non-null block's ref count equals the table slots holding it (SEMANTICS I5)"

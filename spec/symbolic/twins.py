@@ -1,8 +1,8 @@
 """Pool semantics the model checker can run: the spec itself, and its symbolic mutants.
 
 A *symbolic mutant* is one realistic pool bug written twice: as a change to the z3
-transition relation (:mod:`spec.symbolic.encoding` reads the name) and, here, as an
-executable twin of the affected :mod:`spec.pool` function. The twin is what the
+transition relation (:mod:`kvspec.spec.symbolic.encoding` reads the name) and, here, as an
+executable twin of the affected :mod:`kvspec.spec.pool` function. The twin is what the
 breadth-first search and the trace decoder run, so the length z3 reports can be checked
 against brute force, and a decoded counterexample is re-run on real code before it is
 written out. Names match the conformance mutant zoo (``kvspec mutants``), whose impl
@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from spec import errors, pool
-from spec.errors import Refused
-from spec.pool import NULL_BLOCK, PoolState
+from kvspec.spec import errors, pool
+from kvspec.spec.errors import Refused
+from kvspec.spec.pool import NULL_BLOCK, PoolState
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The defaults are the study sheet's design question: one 4,096-token system promp
 1,000 users per minute, each adding 50 tokens, on Llama-3.1-8B in bfloat16 with 16-token
 blocks. The sheet gives an arrival rate, not a concurrency; the default mean request lifetime
 of 60 s turns it into 1,000 live requests (Little's law). The arithmetic lives in
-:mod:`impl.memory_estimate`; this module only reads the arguments and the config file and
+:mod:`kvspec.impl.memory_estimate`; this module only reads the arguments and the config file and
 prints.
 """
 
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from impl.memory_estimate import (
+from kvspec.impl.memory_estimate import (
     DEFAULT_MODEL,
     MODELS,
     EstimateError,

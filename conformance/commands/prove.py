@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # z3 is imported only when the command runs
-    from conformance.trace import Trace
-    from spec.symbolic.bmc import Counterexample, Result
-    from spec.symbolic.model import ModelConfig
+    from kvspec.conformance.trace import Trace
+    from kvspec.spec.symbolic.bmc import Counterexample, Result
+    from kvspec.spec.symbolic.model import ModelConfig
 
 DEFAULT_OUT = Path(".kvspec/traces")
 
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def counterexample_trace(cfg: ModelConfig, cex: Counterexample, mutant: str | None) -> Trace:
     """The pool calls of a counterexample, as a replayable ``kvspec-trace``."""
-    from conformance.trace import Step, Trace
+    from kvspec.conformance.trace import Step, Trace
 
     steps = [Step(op, dict(args)) for calls in cex.calls for op, args in calls]
     source = f"the {mutant} mutant" if mutant else "the spec"
@@ -120,12 +120,12 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spec.profiles import get_profile
-    from spec.symbolic import bmc as bmc_mod
-    from spec.symbolic import induction
-    from spec.symbolic.encoding import AUXILIARY_MEANING
-    from spec.symbolic.model import ModelConfig
-    from spec.symbolic.twins import MUTANTS, get_mutant
+    from kvspec.spec.profiles import get_profile
+    from kvspec.spec.symbolic import bmc as bmc_mod
+    from kvspec.spec.symbolic import induction
+    from kvspec.spec.symbolic.encoding import AUXILIARY_MEANING
+    from kvspec.spec.symbolic.model import ModelConfig
+    from kvspec.spec.symbolic.twins import MUTANTS, get_mutant
 
     if args.list_mutants:
         width = max(len(n) for n in MUTANTS)

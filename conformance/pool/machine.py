@@ -16,7 +16,7 @@ Why the arguments look the way they do (see HARNESS.md):
   numbers (a table is picked by ``index % len(tables)``), so shrinking deletes steps
   and lowers values into a short readable sequence.
 
-Every step goes through :class:`~conformance.driver.PoolDriver`, which judges it.
+Every step goes through :class:`~kvspec.conformance.pool.driver.PoolDriver`, which judges it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from typing import TypeVar
 from hypothesis import strategies as st
 from hypothesis import target as hypothesis_target
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from conformance.driver import Divergence, Outcome, PoolConfig, PoolDriver
-from conformance.protocol import PoolTarget
-from conformance.trace import Step
+from kvspec.conformance.pool.driver import Divergence, Outcome, PoolConfig, PoolDriver
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.trace import Step
 
 T = TypeVar("T")
 

@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.protocol import PoolTarget
-from conformance.trace import Step, Trace
-from spec import pool as sp
-from spec.errors import Refused
-from spec.invariants import INVARIANTS, PoolSnapshot, check_all, snapshot
-from spec.profiles import get_profile
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.trace import Step, Trace
+from kvspec.spec import pool as sp
+from kvspec.spec.errors import Refused
+from kvspec.spec.invariants import INVARIANTS, PoolSnapshot, check_all, snapshot
+from kvspec.spec.profiles import get_profile
 
 MODES = ("strict", "abstract")
 USAGE_TOLERANCE = 1e-9

@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from conformance.runner import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES, CheckResult
+from kvspec.conformance.engines.randomized import (
+    DEFAULT_DB,
+    SETTINGS_ENV,
+    SETTINGS_PROFILES,
+    CheckResult,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,10 +86,10 @@ def levels_to_run(target: str, level: str) -> tuple[list[str], list[str]]:
 
     ``all`` means every level the target has: both for ``impl`` and ``vllm``, and for
     ``module:factory`` the one level its factory
-    implements (:func:`conformance.manager_targets.factory_level`).
+    implements (:func:`kvspec.conformance.manager.targets.factory_level`).
     """
-    from conformance.manager_targets import BUILTIN_MANAGER_TARGETS, factory_level
-    from conformance.targets import BUILTIN_TARGETS, load_factory
+    from kvspec.conformance.manager.targets import BUILTIN_MANAGER_TARGETS, factory_level
+    from kvspec.conformance.pool.targets import BUILTIN_TARGETS, load_factory
 
     if level != "all":
         return [level], []
@@ -114,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_level(args: argparse.Namespace, level: str) -> int:
     """Check one level; print its summary and, on failure, the report. Exit status."""
-    from conformance.manager_targets import load_manager_factory
-    from conformance.report import format_failure, write_failure
-    from conformance.runner import run_check
-    from conformance.targets import load_factory
+    from kvspec.conformance.engines.randomized import run_check
+    from kvspec.conformance.manager.targets import load_manager_factory
+    from kvspec.conformance.pool.targets import load_factory
+    from kvspec.conformance.report import format_failure, write_failure
 
     manager = level == "manager"
     factory = load_manager_factory(args.target) if manager else load_factory(args.target)
@@ -140,7 +145,7 @@ def run_level(args: argparse.Namespace, level: str) -> int:
         )
     print_summary(result)
     if level == "pool" and args.bad_input == "report":
-        from conformance.bad_input import format_report, probe_all
+        from kvspec.conformance.pool.bad_input import format_report, probe_all
 
         print(format_report(probe_all(factory, profile=args.profile)))
     if result.failure is None:
@@ -156,7 +161,7 @@ def run_level(args: argparse.Namespace, level: str) -> int:
 def run_content_level(args: argparse.Namespace, factory) -> CheckResult:
     """The content level: the pool target with its block store (``factory.store``, else
     kvspec's BlockStore) on ``--device`` in ``--dtype``. Needs torch."""
-    from conformance.content_machine import run_content_check
+    from kvspec.conformance.content.machine import run_content_check
 
     return run_content_check(
         factory,

@@ -1,8 +1,9 @@
 """Upstream vLLM 0.33.0's ``KVCacheManager`` as a kvspec manager target.
 
-``kvspec check --level manager --target conformance.vllm_manager_target:vllm_manager_factory``
+``kvspec check --level manager --target conformance.upstream.vllm_manager:vllm_manager_factory``
 drives this adapter. Like the pool adapter
-(:mod:`conformance.vllm_target`) it is thin on purpose: the point is to see what upstream's
+(:mod:`kvspec.conformance.upstream.vllm_pool`) it is thin on purpose: the point is to see what
+upstream's
 manager does, so it adds no check that upstream lacks. What it does add is what upstream's
 *scheduler* would do around the manager, because the manager protocol makes kvspec the
 scheduler and upstream's manager leans on the scheduler for it:
@@ -65,8 +66,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from conformance.manager_protocol import STATS_FIELDS, RequestRegistry
-from conformance.vllm_target import (
+from kvspec.conformance.manager.protocol import STATS_FIELDS, RequestRegistry
+from kvspec.conformance.upstream.vllm_pool import (
     INSTALL_HINT,
     VLLM_VERSION,
     BlockIdError,
@@ -131,7 +132,8 @@ class _Upstream:
 
 
 class VllmManager(RequestRegistry):
-    """:class:`~conformance.manager_protocol.ManagerTarget` over upstream's ``KVCacheManager``."""
+    """:class:`~kvspec.conformance.manager.protocol.ManagerTarget` over upstream's
+    ``KVCacheManager``."""
 
     def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True) -> None:
         up = _Upstream()

@@ -10,14 +10,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spec.invariants import INVARIANTS
-    from spec.profiles import PROFILES
+    from kvspec.spec.invariants import INVARIANTS
+    from kvspec.spec.profiles import PROFILES
 
     print("Invariants:")
     width = max(len(name) for name in INVARIANTS)
     for name, inv in INVARIANTS.items():
         print(f"  {name:<{width}}  {inv.statement}")
-    from spec.manager_invariants import MANAGER_INVARIANTS
+    from kvspec.spec.manager_invariants import MANAGER_INVARIANTS
 
     print("\nManager invariants:")
     for name, inv in MANAGER_INVARIANTS.items():

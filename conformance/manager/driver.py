@@ -1,14 +1,14 @@
 """Drive the spec's KV-cache manager and a target manager in lockstep, one step at a time.
 
-The request-level twin of :class:`conformance.driver.PoolDriver`: the Hypothesis machine
-(:mod:`conformance.manager_machine`) decides *which* step to take, and this driver takes
+The request-level twin of :class:`kvspec.conformance.pool.driver.PoolDriver`: the Hypothesis machine
+(:mod:`kvspec.conformance.manager.machine`) decides *which* step to take, and this driver takes
 it on both sides and judges it, so ``kvspec replay`` judges a trace exactly as it was
 judged when found.
 
 The driver is also the scheduler's memory. It keeps each request's tokens (a spec
-:class:`~spec.request.Request`), which requests are running, the admissions it made (the
+:class:`~kvspec.spec.request.Request`), which requests are running, the admissions it made (the
 ledger the statistics must match) and the *true content* of every block it caused to be
-written (:func:`spec.manager_invariants.note_allocation`). A stale or colliding hash then
+written (:func:`kvspec.spec.manager_invariants.note_allocation`). A stale or colliding hash then
 shows up as a hit whose recorded content differs from the request's prefix
 (``hit-content``), whatever hash function the target uses.
 
@@ -17,8 +17,8 @@ After each step, in this order:
 1. the target refused exactly when the spec refused, and a refusal (or an
    ``allocate_slots`` that returned ``None``) changed no observation of the target;
 2. ``allocate_slots`` succeeded on both sides or on neither;
-3. every pool invariant (:mod:`spec.invariants`) and every manager invariant
-   (:mod:`spec.manager_invariants`) holds on the target's observations, then on the
+3. every pool invariant (:mod:`kvspec.spec.invariants`) and every manager invariant
+   (:mod:`kvspec.spec.manager_invariants`) holds on the target's observations, then on the
    spec's own state (``spec:NAME`` should that ever fail);
 4. return values agree (hit ids and length, new block ids, reset result);
 5. every observation agrees: ref counts, block hashes, free queue, free count, usage,
@@ -41,18 +41,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.driver import Divergence
-from conformance.manager_protocol import STATS_FIELDS, ManagerTarget
-from conformance.trace import Step, Trace
-from spec import manager as sm
-from spec import manager_invariants as mi
-from spec.errors import Refused
-from spec.hashing import LoRARequest
-from spec.invariants import INVARIANTS, PoolSnapshot
-from spec.invariants import check_all as check_pool
-from spec.invariants import snapshot as pool_snapshot
-from spec.profiles import get_profile
-from spec.request import Request
+from kvspec.conformance.manager.protocol import STATS_FIELDS, ManagerTarget
+from kvspec.conformance.pool.driver import Divergence
+from kvspec.conformance.trace import Step, Trace
+from kvspec.spec import manager as sm
+from kvspec.spec import manager_invariants as mi
+from kvspec.spec.errors import Refused
+from kvspec.spec.hashing import LoRARequest
+from kvspec.spec.invariants import INVARIANTS, PoolSnapshot
+from kvspec.spec.invariants import check_all as check_pool
+from kvspec.spec.invariants import snapshot as pool_snapshot
+from kvspec.spec.profiles import get_profile
+from kvspec.spec.request import Request
 
 MODES = ("strict",)
 USAGE_TOLERANCE = 1e-9

@@ -90,7 +90,8 @@ def _import_vllm() -> tuple[Any, Any]:
 
 
 class VllmPool:
-    """:class:`~conformance.protocol.PoolTarget` over upstream's ``BlockPool``, by integer id."""
+    """:class:`~kvspec.conformance.pool.protocol.PoolTarget` over upstream's ``BlockPool``, by
+    integer id."""
 
     def __init__(self, num_blocks: int, *, enable_caching: bool = True) -> None:
         block_pool, kv_cache_utils = _import_vllm()

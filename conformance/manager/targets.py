@@ -1,11 +1,11 @@
 """Manager targets: adapters exposing a KV-cache manager through :class:`ManagerTarget`.
 
-:class:`ImplManager` wraps kvspec's own :class:`impl.kv_cache_manager.KVCacheManager`. Its
+:class:`ImplManager` wraps kvspec's own :class:`kvspec.impl.kv_cache_manager.KVCacheManager`. Its
 ``manager_cls`` argument takes any subclass, which is how the manager mutants (deliberately
 broken subclasses) plug into the same adapter as the real manager.
 
 The adapter plays the part of upstream's scheduler-side ``Request`` bookkeeping: it keeps
-one ``impl.request.Request`` per id, sets ``num_computed_tokens`` and counts preemptions on
+one ``kvspec.impl.request.Request`` per id, sets ``num_computed_tokens`` and counts preemptions on
 it, and resolves block ids to the pool's blocks before calling the manager.
 
 Loading a manager target by name
@@ -21,25 +21,25 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conformance.manager_protocol import (
+from kvspec.conformance.manager.protocol import (
     STATS_FIELDS,
     ManagerFactory,
     RequestRegistry,
 )
-from conformance.targets import TargetSpecError, load_factory
-from impl.block import get_block_hash
-from impl.kv_cache_manager import KVCacheManager
-from impl.request import Request
+from kvspec.conformance.pool.targets import TargetSpecError, load_factory
+from kvspec.impl.block import get_block_hash
+from kvspec.impl.kv_cache_manager import KVCacheManager
+from kvspec.impl.request import Request
 
 #: Short names :func:`load_manager_factory` understands besides ``module.path:attr``.
 BUILTIN_MANAGER_TARGETS: dict[str, str] = {
-    "impl": "conformance.manager_targets:impl_manager_factory",
-    "vllm": "conformance.vllm_manager_target:vllm_manager_factory",
+    "impl": "kvspec.conformance.manager.targets:impl_manager_factory",
+    "vllm": "kvspec.conformance.upstream.vllm_manager:vllm_manager_factory",
 }
 
 
 class ImplManager(RequestRegistry):
-    """:class:`ManagerTarget` over kvspec's :class:`~impl.kv_cache_manager.KVCacheManager`.
+    """:class:`ManagerTarget` over kvspec's :class:`~kvspec.impl.kv_cache_manager.KVCacheManager`.
 
     LoRA requests get ``lora_path=""``: the protocol names an adapter by its name alone,
     and the spec's current-profile key for it is ``("lora", name, "")``.

@@ -21,11 +21,10 @@ import hypothesis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test
-
-from conformance.driver import Divergence
-from conformance.manager_machine import make_manager_machine, unsupported_bad_inputs
-from conformance.pool_machine import RunStats, make_pool_machine
-from conformance.protocol import PoolTarget
+from kvspec.conformance.manager.machine import make_manager_machine, unsupported_bad_inputs
+from kvspec.conformance.pool.driver import Divergence
+from kvspec.conformance.pool.machine import RunStats, make_pool_machine
+from kvspec.conformance.pool.protocol import PoolTarget
 
 LEVELS = ("pool", "manager")
 """The machines ``run_check`` can run; ``kvspec check --level all`` runs them in order."""

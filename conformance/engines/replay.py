@@ -6,13 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from conformance.driver import Divergence, PoolConfig, replay_steps
-from conformance.manager_driver import ManagerConfig
-from conformance.manager_driver import replay_steps as replay_manager_steps
-from conformance.manager_targets import load_manager_factory
-from conformance.protocol import PoolTarget
-from conformance.targets import load_factory
-from conformance.trace import Trace
+from kvspec.conformance.manager.driver import ManagerConfig
+from kvspec.conformance.manager.driver import replay_steps as replay_manager_steps
+from kvspec.conformance.manager.targets import load_manager_factory
+from kvspec.conformance.pool.driver import Divergence, PoolConfig, replay_steps
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.pool.targets import load_factory
+from kvspec.conformance.trace import Trace
 
 
 @dataclass
@@ -41,7 +41,7 @@ def replay_trace(
     if trace.level == "manager":
         return _replay_manager_trace(trace, target, mode=mode)
     if trace.level == "content":
-        from conformance.content_driver import replay_content_trace
+        from kvspec.conformance.content.driver import replay_content_trace
 
         return replay_content_trace(trace, target, mode=mode)
     if trace.level != "pool":

@@ -3,7 +3,7 @@
 The machine plays a scheduler over a pool target and a block store: it admits prompts
 (with prefix hits), decodes, forks requests for parallel sampling, frees them, readmits
 them after a preemption, and resets the prefix cache when idle. Every action goes through
-:class:`~conformance.content_driver.ContentDriver`, which compares the pool with the spec
+:class:`~kvspec.conformance.content.driver.ContentDriver`, which compares the pool with the spec
 after every pool call and reads the K/V back after every action (see that module for what
 is checked). This level is a superset of the pool checks.
 
@@ -19,7 +19,8 @@ Why the arguments look the way they do:
 * rules pick requests newest first by ``index % len(...)`` and are listed simplest first,
   so that shrinking deletes actions and lowers values into a short, readable story.
 
-``run_content_check`` is to this machine what :func:`conformance.runner.run_check` is to the
+``run_content_check`` is to this machine what
+:func:`kvspec.conformance.engines.randomized.run_check` is to the
 pool machine, built from the same runner helpers; ``run_content_mutant`` runs one store
 mutant of the zoo and returns its kill-matrix row.
 """
@@ -34,19 +35,15 @@ import torch
 from hypothesis import strategies as st
 from hypothesis import target as hypothesis_target
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from conformance.content_driver import (
+from kvspec.conformance.commands.mutants import KillRow
+from kvspec.conformance.content.driver import (
     ContentConfig,
     ContentDivergence,
     ContentDriver,
     store_cls_for,
 )
-from conformance.content_values import dtype_name
-from conformance.driver import Divergence
-from conformance.mutants_cmd import KillRow
-from conformance.pool_machine import RunStats
-from conformance.protocol import PoolTarget
-from conformance.runner import (
+from kvspec.conformance.content.values import dtype_name
+from kvspec.conformance.engines.randomized import (
     DEFAULT_DB,
     CheckResult,
     MachineClass,
@@ -54,9 +51,12 @@ from conformance.runner import (
     OnStep,
     drive,
 )
-from conformance.targets import impl_pool_factory, unsupported_operations
-from conformance.trace import Step
-from impl.block_store import BlockStore
+from kvspec.conformance.pool.driver import Divergence
+from kvspec.conformance.pool.machine import RunStats
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.pool.targets import impl_pool_factory, unsupported_operations
+from kvspec.conformance.trace import Step
+from kvspec.impl.block_store import BlockStore
 
 TOKENS = (0, 1)
 MAX_PROMPT = 6
@@ -310,7 +310,7 @@ def run_content_mutant(
 ) -> KillRow:
     """Run the content machine against one content-level mutant of the zoo; no example
     database, so each run is fresh."""
-    from conformance.mutants.store_zoo import ensure_registered
+    from kvspec.conformance.mutants.store_zoo import ensure_registered
 
     mutant = ensure_registered().get(name)
     if mutant is None:

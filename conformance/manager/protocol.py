@@ -1,11 +1,11 @@
 """The contract a target KV-cache *manager* implements so that kvspec can drive it.
 
-The pool protocol (:mod:`conformance.protocol`) checks blocks; this one checks where
+The pool protocol (:mod:`kvspec.conformance.pool.protocol`) checks blocks; this one checks where
 requests meet blocks: prefix hits, the ``num_tokens - 1`` cap, capacity checks that count
 evictable hits, reverse-order free, preemption and hit statistics. A *manager target* is
 any object with the methods of :class:`ManagerTarget`; kvspec drives it only through
 them, so a user's manager, kvspec's ``impl.KVCacheManager`` (through
-:mod:`conformance.manager_targets`) and any other are judged the same way.
+:mod:`kvspec.conformance.manager.targets`) and any other are judged the same way.
 
 Who owns what
     The target owns the requests' token lists, their block hashes, the block tables, the
@@ -78,7 +78,7 @@ Semantics of each method (``current`` profile unless noted; SEMANTICS.md section
     change nothing and return ``False``.
 ``get_usage()``, ``get_num_free_blocks()``, ``ref_cnt(block_id)``,
 ``block_hash(block_id)``, ``free_block_ids()``
-    The pool's observations, exactly as in :mod:`conformance.protocol`: usage excludes
+    The pool's observations, exactly as in :mod:`kvspec.conformance.pool.protocol`: usage excludes
     the null block, the free queue is listed next-evicted first, ``block_hash`` is
     ``None`` for an uncached block.
 ``get_block_ids(request_id) -> list[int]``
@@ -107,7 +107,7 @@ Trusted inputs
 A target that trusts its scheduler with some of the mistakes above (upstream's manager
 accepts negative counts, for one) lists the machine's bad-input kinds it does not refuse
 in ``factory.unsupported_bad_input`` (names from
-:data:`conformance.manager_machine.BAD_INPUTS`); those are never sent, and ``kvspec check``
+:data:`kvspec.conformance.manager.machine.BAD_INPUTS`); those are never sent, and ``kvspec check``
 reports them as switched off.
 
 A *factory* builds a fresh target: ``factory(num_blocks, block_size, *,

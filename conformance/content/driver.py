@@ -3,11 +3,12 @@
 The pool level checks ids; this level checks the *bytes* behind them. A
 :class:`ContentDriver` plays requests (admit a prompt with prefix hits, decode, fork for
 parallel sampling, free, readmit after preemption, reset the prefix cache when idle) over a
-pool target and an :class:`impl.block_store.BlockStore` whose write guard is that target.
-Every pool operation goes through a :class:`~conformance.driver.PoolDriver`, so the pool is
+pool target and an :class:`kvspec.impl.block_store.BlockStore` whose write guard is that target.
+Every pool operation goes through a :class:`~kvspec.conformance.pool.driver.PoolDriver`, so the
+pool is
 still compared with the spec at every step: this level is a superset of the pool checks.
 
-Expected values come from :mod:`conformance.content_values`: the K/V of token ``i`` is a
+Expected values come from :mod:`kvspec.conformance.content.values`: the K/V of token ``i`` is a
 function of ``tokens[: i + 1]`` and a block's hash is its token prefix, so the content of
 every live request and of every cached block can be recomputed from tokens alone, bit for
 bit, in any dtype and on any device.
@@ -41,8 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-from conformance.content_values import (
+from kvspec.conformance.content.values import (
     DTYPES,
     ExpectedKV,
     bits,
@@ -50,11 +50,11 @@ from conformance.content_values import (
     dtype_name,
     tokens_of_hash,
 )
-from conformance.driver import Divergence, Outcome, PoolConfig, PoolDriver
-from conformance.protocol import PoolTarget
-from conformance.targets import TargetSpecError, load_factory, unsupported_operations
-from conformance.trace import LEVEL_OPS, Step, Trace
-from impl.block_store import BlockStore
+from kvspec.conformance.pool.driver import Divergence, Outcome, PoolConfig, PoolDriver
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.pool.targets import TargetSpecError, load_factory, unsupported_operations
+from kvspec.conformance.trace import LEVEL_OPS, Step, Trace
+from kvspec.impl.block_store import BlockStore
 
 #: Scheduler actions and their arguments: the operations of a ``content`` trace. The trace
 #: module's table of levels is where ``Trace.load`` looks; this fills it in if it lacks them.
@@ -691,7 +691,7 @@ def assert_same_gathers(
     every action every gather is bit-identical to the first device's. Returns the number of
     tensors compared. Each replay also runs every content check on its own device."""
     if factory is None:
-        from conformance.targets import impl_pool_factory
+        from kvspec.conformance.pool.targets import impl_pool_factory
 
         factory = impl_pool_factory
     if not devices:
@@ -742,14 +742,14 @@ def replay_content_trace(
 ) -> Any:
     """Replay a ``content`` trace on ``target`` (a ``--target`` string or a factory) and its
     store; ``mode`` and ``device`` override the recorded ones. Returns a
-    :class:`conformance.replay.ReplayResult`."""
-    from conformance.replay import ReplayResult
+    :class:`kvspec.conformance.engines.replay.ReplayResult`."""
+    from kvspec.conformance.engines.replay import ReplayResult
 
     if trace.level != "content":
         raise ValueError(f"replay_content_trace: a {trace.level!r} trace; expected 'content'")
     if isinstance(target, str):
         if target.startswith("mutant:"):
-            from conformance.mutants.store_zoo import ensure_registered
+            from kvspec.conformance.mutants.store_zoo import ensure_registered
 
             ensure_registered()
         factory = load_factory(target)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from conformance.report import format_failure
+from kvspec.conformance.report import format_failure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conformance.replay import replay_trace
-    from conformance.trace import Trace, TraceError
+    from kvspec.conformance.engines.replay import replay_trace
+    from kvspec.conformance.trace import Trace, TraceError
 
     try:
         trace = Trace.load(args.trace)

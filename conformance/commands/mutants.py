@@ -11,7 +11,7 @@ import argparse
 import statistics
 from dataclasses import dataclass
 
-from conformance.runner import SETTINGS_PROFILES, CheckResult
+from kvspec.conformance.engines.randomized import SETTINGS_PROFILES, CheckResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +48,12 @@ class KillRow:
 
 def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> KillRow:
     """Run the suite against one mutant; no example database, so each run is fresh."""
-    from conformance.mutants import MUTANTS
-    from conformance.runner import run_check
+    from kvspec.conformance.engines.randomized import run_check
+    from kvspec.conformance.mutants import MUTANTS
 
     mutant = MUTANTS[name]
     if mutant.level == "content":
-        from conformance.content_machine import run_content_mutant
+        from kvspec.conformance.content.machine import run_content_mutant
 
         return run_content_mutant(name, settings_name, seed)
     result = run_check(
@@ -70,7 +70,7 @@ def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> Ki
 
 
 def run(args: argparse.Namespace) -> int:
-    from conformance.mutants import MUTANTS
+    from kvspec.conformance.mutants import MUTANTS
 
     chosen = args.names or [
         n for n, m in MUTANTS.items() if args.level == "all" or m.level == args.level

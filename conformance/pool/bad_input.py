@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from conformance.driver import TARGET_STEPS, PoolConfig, PoolDriver, _differences, _view
-from conformance.protocol import PoolTarget
-from conformance.trace import Step
-from spec.invariants import check_all
+from kvspec.conformance.pool.driver import TARGET_STEPS, PoolConfig, PoolDriver, _differences, _view
+from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.trace import Step
+from kvspec.spec.invariants import check_all
 
 NUM_BLOCKS = 6
 

@@ -4,7 +4,7 @@ It creates requests whose prompts share prefixes, admits them (``get_computed_bl
 then ``allocate_slots``), runs chunked prefill and decode steps (appending a sampled
 token whenever a request has computed all its tokens), preempts, finishes and aborts
 requests, and sometimes resets the prefix cache. Every step goes through
-:class:`~conformance.manager_driver.ManagerDriver`, which checks every invariant and
+:class:`~kvspec.conformance.manager.driver.ManagerDriver`, which checks every invariant and
 compares every observation after it.
 
 Why the arguments look the way they do (see HARNESS.md):
@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 from hypothesis import target as hypothesis_target
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from conformance.manager_driver import ManagerConfig, ManagerDivergence, ManagerDriver
-from conformance.manager_protocol import ManagerTarget
-from conformance.pool_machine import RunStats
-from conformance.trace import Step
+from kvspec.conformance.manager.driver import ManagerConfig, ManagerDivergence, ManagerDriver
+from kvspec.conformance.manager.protocol import ManagerTarget
+from kvspec.conformance.pool.machine import RunStats
+from kvspec.conformance.trace import Step
 
 #: Base prompts: 0 and 1 share their first four tokens; 2 shares nothing.
 PREFIXES: tuple[tuple[int, ...], ...] = (

@@ -1,4 +1,5 @@
-"""Pool targets: adapters exposing an allocator through :class:`conformance.protocol.PoolTarget`.
+"""Pool targets: adapters exposing an allocator through
+:class:`kvspec.conformance.pool.protocol.PoolTarget`.
 
 :class:`ImplPool` wraps kvspec's own :class:`impl.BlockPool`. Its ``pool_cls`` argument takes
 any subclass of ``BlockPool``, which is how the mutant zoo (deliberately broken subclasses)
@@ -7,7 +8,8 @@ plugs into the same adapter as the real allocator.
 Loading a target by name
     :func:`load_factory` turns a ``--target`` string into a factory: ``"impl"`` is kvspec's
     allocator, ``"vllm"`` is upstream vLLM's ``BlockPool`` through
-    ``conformance.vllm_target:vllm_pool_factory`` (imported only when asked for, since it
+    ``kvspec.conformance.upstream.vllm_pool:vllm_pool_factory`` (imported only when asked for,
+    since it
     needs vLLM installed), and ``"module.path:attr"`` is any importable factory (``attr`` may
     be dotted, e.g. ``"mypkg.pools:Factories.strict"``). ``"mutant:NAME"`` is a mutant of the
     zoo, to see what a failure report looks like.
@@ -29,9 +31,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conformance.protocol import PoolFactory, PoolTarget
-from impl.block import KVCacheBlock, get_block_hash
-from impl.block_pool import BlockPool
+from kvspec.conformance.pool.protocol import PoolFactory, PoolTarget
+from kvspec.impl.block import KVCacheBlock, get_block_hash
+from kvspec.impl.block_pool import BlockPool
 
 #: Methods of :class:`PoolTarget`; ``unsupported`` may name only these.
 OPERATIONS: frozenset[str] = frozenset(
@@ -40,8 +42,8 @@ OPERATIONS: frozenset[str] = frozenset(
 
 #: Short names :func:`load_factory` understands besides ``module.path:attr``.
 BUILTIN_TARGETS: dict[str, str] = {
-    "impl": "conformance.targets:impl_pool_factory",
-    "vllm": "conformance.vllm_target:vllm_pool_factory",
+    "impl": "kvspec.conformance.pool.targets:impl_pool_factory",
+    "vllm": "kvspec.conformance.upstream.vllm_pool:vllm_pool_factory",
 }
 
 
@@ -50,7 +52,8 @@ class TargetSpecError(ValueError):
 
 
 class ImplPool:
-    """:class:`PoolTarget` over kvspec's :class:`~impl.BlockPool` (or a subclass), by integer id.
+    """:class:`PoolTarget` over kvspec's :class:`~kvspec.impl.BlockPool` (or a subclass), by
+    integer id.
 
     Ids are resolved to blocks, and checked, before the pool is called, so an id out of range
     is refused with nothing changed. ``block_hash`` observes the content hash without the
@@ -167,7 +170,7 @@ def load_factory(target: str) -> PoolFactory:
             f"--target {target!r}: expected 'impl', 'vllm' or 'module.path:factory'"
         )
     if target.startswith("mutant:"):
-        from conformance.mutants import MUTANTS  # the zoo imports this module
+        from kvspec.conformance.mutants import MUTANTS  # the zoo imports this module
 
         name = target.removeprefix("mutant:")
         if name not in MUTANTS:
