@@ -1,11 +1,14 @@
-"""Failure reports people can use: numbered steps, side-by-side views, a pytest function."""
+"""Failure reports people can use: numbered steps, both sides after the same step, a trace
+file and a pytest function."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
-from kvspec.conformance.pool.driver import Divergence
+from kvspec.conformance.outcome import Divergence
 
 DEFAULT_TRACE_DIR = Path(".kvspec") / "traces"
 
@@ -16,7 +19,7 @@ def format_steps(failure: Divergence) -> str:
         marker = "  <-- diverges here" if i == len(failure.steps) else ""
         lines.append(f"  {i:>3}. {step.describe()}{marker}")
     if not failure.steps:
-        lines.append("    (the fresh pool already disagrees)")
+        lines.append("    (the fresh state already disagrees)")
     return "\n".join(lines)
 
 
@@ -35,6 +38,35 @@ def format_views(failure: Divergence) -> str:
     return "\n".join(rows)
 
 
+def format_failure(failure: Divergence, *, how_minimal: str = "") -> str:
+    """The report: what caught it, the sequence, and both sides after its last step.
+
+    ``how_minimal`` says what is known of the sequence's length (1-minimal, shortest).
+    """
+    n = len(failure.steps)
+    after = f"after step {n}" if n else "of the fresh state"
+    if failure.spec_error:
+        head = (f"SPEC ERROR: the spec's own state breaks {failure.caught_by.removeprefix('spec:')}"
+                " (a bug in the spec, not in the target)")
+        views = f"the spec's state {after}:\n{format_views(failure)}"
+    else:
+        head = f"caught by: {failure.caught_by}"
+        views = f"observations {after}, both sides:\n{format_views(failure)}"
+    detail = ""
+    if failure.detail:
+        calls = "\n".join(f"         {s.describe()}" for s in failure.detail[-6:])
+        detail = f"\n  calls made by the last step (latest last):\n{calls}"
+    label = f"{how_minimal} sequence" if how_minimal else "sequence"
+    waived = "".join(f"\nnot checked: {name}, {why}" for name, why in failure.waived.items())
+    return (
+        f"{head}\n"
+        f"{failure.message}{waived}\n\n"
+        f"{label} ({n} steps, {failure.level} level, config {failure.config.to_json()}):\n"
+        f"{format_steps(failure)}{detail}\n\n"
+        f"{views}"
+    )
+
+
 def pytest_function(failure: Divergence, target: str) -> str:
     """A regression test to paste: it replays the trace and expects no divergence."""
     trace_json = json.dumps(failure.trace().to_json(), indent=4)
@@ -43,8 +75,8 @@ def pytest_function(failure: Divergence, target: str) -> str:
         "def test_kvspec_regression():\n"
         '    """Found by kvspec check: ' + failure.caught_by + '."""\n'
         "    import json\n\n"
-        "    from conformance.engines.replay import replay_trace\n"
-        "    from conformance.trace import Trace\n\n"
+        "    from kvspec.conformance.engines.replay import replay_trace\n"
+        "    from kvspec.conformance.trace import Trace\n\n"
         "    trace = Trace.from_json(json.loads(r\"\"\"\n"
         f"{body}\n"
         "    \"\"\"))\n"
@@ -53,23 +85,32 @@ def pytest_function(failure: Divergence, target: str) -> str:
     )
 
 
-def write_failure(failure: Divergence, target: str, out_dir: Path = DEFAULT_TRACE_DIR) -> tuple[
-    Path, Path
-]:
-    """Write the trace (JSON) and the pytest function; return both paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def failure_paths(failure: Divergence, target: str, out_dir: Path = DEFAULT_TRACE_DIR
+                  ) -> tuple[Path, Path]:
+    """Where :func:`write_failure` writes the trace and the pytest function."""
     stem = f"{target.replace(':', '_').replace('.', '_').replace('/', '_')}-{failure.caught_by}"
-    trace_path = failure.trace().save(out_dir / f"{stem}.json")
-    test_path = out_dir / f"test_{stem.replace('-', '_')}.py"
-    test_path.write_text(pytest_function(failure, target))
+    stem = stem.replace("spec:", "spec-")
+    return out_dir / f"{stem}.json", out_dir / f"test_{stem.replace('-', '_')}.py"
+
+
+def write_failure(failure: Divergence, target: str, out_dir: Path = DEFAULT_TRACE_DIR
+                  ) -> tuple[Path, Path]:
+    """Write the trace (JSON) and the pytest function; return both paths."""
+    trace_path, test_path = failure_paths(failure, target, out_dir)
+    write_atomically(trace_path, failure.trace().dumps())
+    write_atomically(test_path, pytest_function(failure, target))
     return trace_path, test_path
-
-
-def format_failure(failure: Divergence) -> str:
-    return (
-        f"caught by: {failure.caught_by}\n"
-        f"{failure.message}\n\n"
-        f"minimal sequence ({len(failure.steps)} steps, config {failure.config.to_json()}):\n"
-        f"{format_steps(failure)}\n\n"
-        f"observations after the last step:\n{format_views(failure)}"
-    )

@@ -183,6 +183,15 @@ def eviction_order(snap: PoolSnapshot) -> list[str]:
     For a cached block x in the free queue whose parent hash is K, some block holding K
     is referenced or stands behind x. Otherwise evicting along the queue would drop the
     parent first and leave x an orphan: cached, occupying a block, never hit again.
+
+    This is a property of the pool *and its callers*, so it assumes their discipline
+    (:data:`CHAIN_DISCIPLINE`). The pool queues freed blocks in the order it is given; it is
+    the callers' reverse-order free of hash-chained tables that makes the order respect
+    chains. Copy-on-write forks a table's *last* block, the one the next token is written
+    into: a fork in the middle of a table would model rewriting a sequence's past, leaving
+    the later blocks' hashes describing a prefix the table no longer holds (the table
+    ``[copy of a, a.a]`` frees ``a.a`` behind its parent's other copy, a correct pool state
+    that no longer respects the chain).
     """
     if not snap.check_queue_order:
         return []
@@ -204,11 +213,25 @@ def eviction_order(snap: PoolSnapshot) -> list[str]:
     return out
 
 
+CHAIN_DISCIPLINE = (
+    "every block table is a hash chain over its cached prefix (block i is cached with the "
+    "hash of block i - 1 as its parent, in order), tables are freed tail first, and "
+    "copy-on-write forks only a table's last block"
+)
+"""The usage discipline ``eviction-order`` assumes: the machines follow it by construction."""
+
+
 @dataclass(frozen=True)
 class Invariant:
+    """A named invariant. ``assumes`` states the callers' usage discipline it relies on
+    (``None``: it holds after *any* sequence of operations, since the spec refuses every
+    operation that would break it). A sequence outside that discipline is out of the
+    invariant's scope, not a spec error."""
+
     name: str
     statement: str
     check: Callable[[PoolSnapshot], list[str]]
+    assumes: str | None = None
 
 
 INVARIANTS: dict[str, Invariant] = {
@@ -241,6 +264,7 @@ INVARIANTS: dict[str, Invariant] = {
             "eviction-order",
             "a cached block is evicted no earlier than the block that extends its prefix",
             eviction_order,
+            assumes=CHAIN_DISCIPLINE,
         ),
     )
 }

@@ -21,9 +21,8 @@ The scheduler, not the manager, owns the :class:`~kvspec.spec.request.Request`: 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvspec.spec import errors, pool
 from kvspec.spec.errors import Refused
@@ -91,7 +90,14 @@ class ManagerState:
         return self.pool.enable_caching
 
     def clone(self) -> ManagerState:
-        return copy.deepcopy(self)
+        """An independent copy."""
+        return replace(
+            self,
+            pool=self.pool.clone(),
+            req_to_blocks={r: list(t) for r, t in self.req_to_blocks.items()},
+            num_cached_block=dict(self.num_cached_block),
+            stats=replace(self.stats),
+        )
 
     def key(self) -> tuple:
         """A hashable summary of everything observable."""
@@ -158,7 +164,7 @@ def is_running(m: ManagerState, request_id: str) -> bool:
 
 def prefix_cache_stats(m: ManagerState) -> PrefixCacheStats:
     """A copy of the prefix-cache statistics."""
-    return copy.copy(m.stats)
+    return replace(m.stats)
 
 
 def max_hit_blocks(m: ManagerState, request: Request) -> int:

@@ -20,9 +20,8 @@ what a reviewer reads against ``SEMANTICS.md``, one rule at a time.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvspec.spec import errors
 from kvspec.spec.errors import Refused
@@ -45,15 +44,24 @@ class PoolState:
     parent_of: dict[bytes, bytes | None] = field(default_factory=dict)
 
     def clone(self) -> PoolState:
-        return copy.deepcopy(self)
+        """An independent copy (the profile is immutable and shared)."""
+        return replace(
+            self,
+            ref_cnt=list(self.ref_cnt),
+            block_hash=list(self.block_hash),
+            free_queue=list(self.free_queue),
+            cached={h: list(bs) for h, bs in self.cached.items()},
+            parent_of=dict(self.parent_of),
+        )
 
     def key(self) -> tuple:
-        """A hashable summary of everything observable, for search over states."""
+        """A hashable summary of the whole state, for search over states."""
         return (
             tuple(self.ref_cnt),
             tuple(self.block_hash),
             tuple(self.free_queue),
             tuple((h, tuple(bs)) for h, bs in sorted(self.cached.items())),
+            tuple(sorted(self.parent_of.items(), key=repr)),
         )
 
 

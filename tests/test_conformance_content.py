@@ -7,19 +7,19 @@ from __future__ import annotations
 import pytest
 import third_party_pool
 import torch
+from kvspec.conformance.commands.mutants import run_mutant
 from kvspec.conformance.content.driver import (
     CONTENT_CHECKS,
     ContentConfig,
-    ContentDivergence,
     ContentDriver,
+    Divergence,
     assert_same_gathers,
     replay_actions,
     replay_content_trace,
     store_cls_for,
 )
-from kvspec.conformance.content.machine import run_content_check, run_content_mutant
 from kvspec.conformance.content.values import ExpectedKV, bits
-from kvspec.conformance.engines.randomized import run_check
+from kvspec.conformance.engines.pipeline import run_check
 from kvspec.conformance.mutants import store as store_mutants
 from kvspec.conformance.mutants.store_zoo import STORE_MUTANTS, ensure_registered
 from kvspec.conformance.pool.targets import impl_factory_for, impl_pool_factory
@@ -49,8 +49,8 @@ def free(request: int) -> Step:
 
 
 def failure_of(steps: list[Step], store_cls: type[BlockStore], num_blocks: int = 8,
-               **kwargs: object) -> ContentDivergence:
-    with pytest.raises(ContentDivergence) as caught:
+               **kwargs: object) -> Divergence:
+    with pytest.raises(Divergence) as caught:
         replay_actions(impl_pool_factory, ContentConfig(num_blocks), steps, store_cls=store_cls,
                        **kwargs)
     return caught.value
@@ -61,7 +61,7 @@ def failure_of(steps: list[Step], store_cls: type[BlockStore], num_blocks: int =
 
 @pytest.mark.parametrize("profile", ["current", "classic"])
 def test_impl_pool_and_block_store_pass_the_content_machine(profile: str) -> None:
-    result = run_content_check(impl_pool_factory, profile=profile, **QUICK)
+    result = run_check(impl_pool_factory, level="content", profile=profile, **QUICK)
     assert result.passed, result.failure
     assert result.level == "content" and result.stats.steps > 500
     checks = set(result.stats.invariant_checks)
@@ -75,26 +75,28 @@ def test_impl_pool_and_block_store_pass_the_content_machine(profile: str) -> Non
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_the_content_machine_is_bit_exact_in_half_precision(dtype: torch.dtype) -> None:
-    result = run_content_check(impl_pool_factory, dtype=dtype, **{**QUICK, "max_examples": 15})
+    result = run_check(impl_pool_factory, level="content", dtype=dtype,
+                       **{**QUICK, "max_examples": 15})
     assert result.passed, result.failure
 
 
 def test_any_correct_allocator_can_be_driven_in_abstract_mode() -> None:
-    result = run_content_check(third_party_pool.factory, target_name="highest-id",
-                               mode="abstract", **{**QUICK, "max_examples": 25})
+    result = run_check(third_party_pool.factory, level="content", target_name="highest-id",
+                       mode="abstract", **{**QUICK, "max_examples": 25})
     assert result.passed, result.failure
 
 
 def test_a_pool_without_fork_block_gets_copy_on_write_from_allocate_and_free() -> None:
     no_fork = impl_factory_for(BlockPool, unsupported=frozenset({"fork_block"}))
-    result = run_content_check(no_fork, target_name="no-fork", **{**QUICK, "max_examples": 25})
+    result = run_check(no_fork, level="content", target_name="no-fork",
+                       **{**QUICK, "max_examples": 25})
     assert result.passed, result.failure
     assert result.unsupported == frozenset({"fork_block"})
 
 
 def test_an_unavailable_device_is_refused_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="device 'nosuchdevice' is not available"):
-        run_content_check(impl_pool_factory, device="nosuchdevice", **QUICK)
+        run_check(impl_pool_factory, level="content", device="nosuchdevice", **QUICK)
 
 
 # ---------------------------------------------------------------------- store mutants
@@ -102,10 +104,10 @@ def test_an_unavailable_device_is_refused_before_anything_runs() -> None:
 
 @pytest.mark.parametrize("name", STORE_MUTANT_NAMES)
 def test_every_store_mutant_is_caught_by_the_content_machine(name: str) -> None:
-    row = run_content_mutant(name, "ci", seed=0)
+    row = run_mutant(name, "ci", seed=0)
     assert row.caught, f"store mutant {name} survived the ci profile"
     assert row.caught_by in CONTENT_CHECKS
-    assert row.shrunk_length is not None and row.shrunk_length <= 8
+    assert row.length is not None and row.length <= 8
 
 
 @pytest.mark.parametrize("name", STORE_MUTANT_NAMES)
@@ -130,7 +132,8 @@ def test_a_fork_without_the_copy_shows_in_the_childs_first_token() -> None:
                          store_mutants.ForkSharesInsteadOfCopying)
     assert failure.caught_by == "gather-matches-tokens"
     assert "request 1" in failure.message and "position 0" in failure.message
-    assert [s.op for s in failure.ops][-4:] == ["fork_block", "copy_blocks", "write", "cache_block"]
+    assert [s.op for s in failure.detail][-4:] == [
+        "fork_block", "copy_blocks", "write", "cache_block"]
 
 
 def test_a_copy_in_the_wrong_direction_changes_the_block_it_should_only_read() -> None:
@@ -188,7 +191,7 @@ def test_a_child_holding_its_parents_token_is_reported_as_fork_isolation() -> No
     assert parent.table != child.table  # copy-on-write gave the child its own block
     # Corrupt the child's second slot with the parent's K/V of the same position.
     driver.store.kv[:, :, child.table[0], 1] = driver.store.kv[:, :, parent.table[0], 1]
-    with pytest.raises(ContentDivergence) as caught:
+    with pytest.raises(Divergence) as caught:
         driver.check()
     assert caught.value.caught_by == "fork-isolation"
     assert "fork relative request 0" in caught.value.message
@@ -216,7 +219,7 @@ def test_a_content_failure_saves_a_trace_that_replays_to_the_same_failure(tmp_pa
     trace = Trace.load(path)
     assert trace.level == "content" and trace.config["store"]["block_size"] == 2
     assert [s.op for s in trace.steps] == ["admit", "fork", "decode"]  # up to the failure
-    with pytest.raises(ContentDivergence) as again:
+    with pytest.raises(Divergence) as again:
         replay_actions(mutant.factory, ContentConfig.from_json(trace.config), trace.steps,
                        store_cls=store_cls)
     assert again.value.caught_by == failure.caught_by == "gather-matches-tokens"
@@ -233,8 +236,9 @@ def test_a_content_failure_saves_a_trace_that_replays_to_the_same_failure(tmp_pa
 def recorded_run() -> tuple[list[Step], ContentConfig]:
     """The longest example of a short seeded run: a recorded sequence of actions."""
     runs: list[ContentDriver] = []
-    result = run_content_check(impl_pool_factory, dtype=torch.float16,
-                               on_example=runs.append, **{**QUICK, "max_examples": 10})
+    result = run_check(impl_pool_factory, level="content", dtype=torch.float16,
+                       on_example=lambda harness: runs.append(harness.driver),
+                       **{**QUICK, "max_examples": 10})
     assert result.passed, result.failure
     longest = max(runs, key=lambda d: len(d.steps))
     return list(longest.steps), longest.config

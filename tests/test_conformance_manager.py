@@ -7,11 +7,11 @@ import json
 import pytest
 from kvspec.conformance.commands.check import levels_to_run
 from kvspec.conformance.commands.mutants import run_mutant
-from kvspec.conformance.engines.randomized import run_check
+from kvspec.conformance.engines.pipeline import run_check
 from kvspec.conformance.engines.replay import replay_trace
 from kvspec.conformance.manager.driver import (
+    Divergence,
     ManagerConfig,
-    ManagerDivergence,
     ManagerDriver,
     replay_steps,
 )
@@ -23,6 +23,7 @@ from kvspec.conformance.manager.targets import (
 )
 from kvspec.conformance.mutants import MUTANTS
 from kvspec.conformance.mutants.manager import HashIgnoresParent, NewBlocksBeforeTouch
+from kvspec.conformance.outcome import OutsideScope
 from kvspec.conformance.pool.targets import TargetSpecError, impl_pool_factory
 from kvspec.conformance.report import write_failure
 from kvspec.conformance.trace import Step, Trace
@@ -61,7 +62,7 @@ def test_impl_manager_conforms_to_the_spec(profile: str) -> None:
 def test_every_manager_mutant_is_caught_under_the_ci_profile(name: str) -> None:
     row = run_mutant(name, "ci", seed=0)
     assert row.caught, f"mutant {name} survived the ci profile"
-    assert row.shrunk_length is not None and row.shrunk_length <= 30
+    assert row.length is not None and row.length <= 30
 
 
 def test_a_hit_on_a_block_popped_as_new_is_reported_as_a_double_allocation() -> None:
@@ -84,7 +85,7 @@ def test_a_hit_on_a_block_popped_as_new_is_reported_as_a_double_allocation() -> 
     driver = replay_steps(impl_manager_factory, config, steps)
     assert driver.target.free_block_ids() == []
     assert driver.target.get_block_ids("c") == [1, 2]  # the hit, then b's head, evicted
-    with pytest.raises(ManagerDivergence) as info:
+    with pytest.raises(Divergence) as info:
         replay_steps(bad, config, steps)
     assert info.value.caught_by == "no-double-allocation"
 
@@ -103,7 +104,7 @@ def test_a_hash_that_ignores_the_parent_is_caught_by_content_when_bytes_are_not_
     config = ManagerConfig(num_blocks=8, block_size=2, compare_hashes=False)
     assert replay_steps(impl_manager_factory, config, steps).target.get_computed_blocks(
         "b") == ([], 0)
-    with pytest.raises(ManagerDivergence) as info:
+    with pytest.raises(Divergence) as info:
         replay_steps(manager_factory_for(HashIgnoresParent), config, steps)
     assert info.value.caught_by == "hit-content"
     assert "expected 2 tokens ending (3, 4)" in info.value.message
@@ -117,8 +118,27 @@ def test_refusals_must_change_nothing_and_unknown_requests_are_refused() -> None
     driver.apply(Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}))
     out = driver.apply(Step("allocate_slots", {"request_id": "a", "num_new_tokens": 0}))
     assert out.refused is not None and out.refused.reason == "zero-new-tokens"
+    driver.apply(Step("get_computed_blocks", {"request_id": "a"}))
     out = driver.apply(Step("allocate_slots", {"request_id": "a", "num_new_tokens": 9}))
     assert out.refused is None and out.result is None  # cannot schedule: 5 blocks > 3 free
+
+
+def test_steps_a_scheduler_never_takes_are_out_of_scope_not_divergences() -> None:
+    """The manager protocol's trusted inputs: a request is admitted right after its lookup,
+    only requests without blocks are looked up, and computed tokens stay within the slots
+    allocated. A sequence that breaks one is not judged (the minimizer discards it)."""
+    add = Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]})
+    look = Step("get_computed_blocks", {"request_id": "a"})
+    admit = Step("allocate_slots", {"request_id": "a", "num_new_tokens": 2})
+    config = ManagerConfig(num_blocks=4, block_size=2)
+    with pytest.raises(OutsideScope, match="without looking it up"):
+        replay_steps(impl_manager_factory, config, [add, admit])
+    with pytest.raises(OutsideScope, match="holds blocks"):
+        replay_steps(impl_manager_factory, config, [add, look, admit, look])
+    computed = Step("set_num_computed_tokens", {"request_id": "a", "num_computed_tokens": 3})
+    with pytest.raises(OutsideScope, match="slots for 2 tokens"):
+        replay_steps(impl_manager_factory, config, [add, look, admit, computed])
+    replay_steps(impl_manager_factory, config, [add, look, admit])  # in scope, and agrees
 
 
 def test_a_failing_manager_run_writes_a_trace_that_replays_to_the_same_failure(

@@ -7,7 +7,7 @@ import json
 import pytest
 import third_party_pool
 from kvspec.conformance.commands.mutants import run_mutant
-from kvspec.conformance.engines.randomized import run_check
+from kvspec.conformance.engines.pipeline import run_check
 from kvspec.conformance.engines.replay import replay_trace
 from kvspec.conformance.mutants import MUTANTS
 from kvspec.conformance.pool.driver import Divergence, PoolConfig, PoolDriver, replay_steps
@@ -46,7 +46,7 @@ def test_a_different_allocator_fails_strict_mode_with_a_clear_first_divergence()
 def test_every_pool_mutant_is_caught_under_the_ci_profile(name: str) -> None:
     row = run_mutant(name, "ci", seed=0)
     assert row.caught, f"mutant {name} survived the ci profile"
-    assert row.shrunk_length is not None and row.shrunk_length <= 12
+    assert row.length is not None and row.length <= 12
 
 
 def test_a_failing_run_writes_a_trace_that_replays_to_the_same_failure(tmp_path) -> None:
@@ -67,8 +67,8 @@ def test_a_failing_run_writes_a_trace_that_replays_to_the_same_failure(tmp_path)
 
 
 def test_the_pasted_pytest_function_runs(tmp_path) -> None:
-    failure = Divergence("x", "m", 1, [Step("get_new_blocks", {"num_blocks": 1})],
-                         PoolConfig(4))
+    failure = Divergence("x", "m", "pool", PoolConfig(4),
+                         [Step("get_new_blocks", {"num_blocks": 1})])
     namespace: dict = {}
     exec(compile(pytest_function(failure, "impl"), "regression", "exec"), namespace)
     namespace["test_kvspec_regression"]()  # impl agrees with the spec on this trace

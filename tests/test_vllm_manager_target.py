@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from kvspec.conformance.engines.randomized import run_check  # noqa: E402
+from kvspec.conformance.engines.pipeline import run_check  # noqa: E402
 from kvspec.conformance.manager.driver import ManagerConfig, replay_steps  # noqa: E402
 from kvspec.conformance.manager.protocol import ManagerTarget, UnknownRequestError  # noqa: E402
 from kvspec.conformance.manager.targets import factory_level, load_manager_factory  # noqa: E402

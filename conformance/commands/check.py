@@ -1,8 +1,11 @@
 """``kvspec check``: drive a target allocator against the spec and report.
 
-On success it prints a summary (examples, steps, steps/s, per-rule and per-invariant
-counts). On failure it prints the shrunk sequence with the spec's and the target's
-observations side by side, and writes a ``kvspec-trace`` file and a pytest function.
+Per level: the exhaustive engine first (every short sequence at tiny configurations), then
+the random engine, then the minimizer on any failure. On success it prints what was
+explored (the exhaustive bound and states, the random examples and steps, move and
+invariant counts, the named situations reached). On failure it prints the 1-minimal
+sequence with both sides' observations after its last step, and writes a ``kvspec-trace``
+file and a pytest function.
 """
 
 from __future__ import annotations
@@ -10,23 +13,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kvspec.conformance.engines.randomized import (
-    DEFAULT_DB,
-    SETTINGS_ENV,
-    SETTINGS_PROFILES,
-    CheckResult,
-)
+from kvspec.conformance.engines.pipeline import CheckResult
+from kvspec.conformance.engines.settings import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", default="impl",
-        help="impl (default), vllm, or module.path:factory building a PoolTarget or a "
-        "ManagerTarget",
+        help="impl (default), vllm, mutant:NAME, or module.path:factory building a PoolTarget "
+        "or a ManagerTarget",
     )
     parser.add_argument(
         "--level", choices=["pool", "manager", "content", "all"], default="all",
-        help="which machine to run (default all: pool, then manager where the target has one; "
+        help="which level to check (default all: pool, then manager where the target has one; "
         "content, which needs torch, only when asked for)",
     )
     parser.add_argument(
@@ -45,11 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--settings", choices=list(SETTINGS_PROFILES), default=None,
-        help=f"Hypothesis effort (default: ${SETTINGS_ENV} or dev)",
+        help=f"effort (default: ${SETTINGS_ENV} or dev)",
     )
-    parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="steps per example")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="random engine: examples (overrides --settings)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="random engine: steps per example (overrides --settings)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    parser.add_argument(
+        "--exhaustive-seconds", type=float, default=None,
+        help="time budget of the exhaustive engine per level (0: skip it; default from "
+        "--settings)",
+    )
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="example database folder")
     parser.add_argument("--no-db", action="store_true", help="do not read or write the database")
     parser.add_argument(
@@ -67,26 +73,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def _counts(counter: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
+
+
 def print_summary(result: CheckResult) -> None:
     s = result.stats
-    rate = s.steps / result.seconds if result.seconds else 0.0
-    print(
-        f"{result.level} level, target {result.target}, profile {result.profile}, "
-        f"mode {result.mode}: {s.examples} examples, {s.steps} steps, "
-        f"{rate:,.0f} steps/s, {result.seconds:.1f}s"
-    )
+    print(f"{result.level} level, target {result.target}, profile {result.profile}, "
+          f"mode {result.mode}: {result.seconds:.1f}s")
     if result.unsupported:
-        print(f"  not supported by target, rules switched off: {sorted(result.unsupported)}")
-    print("  rules:      " + ", ".join(f"{k} {v}" for k, v in sorted(s.rules.items())))
-    print("  invariants: " + ", ".join(f"{k} {v}" for k, v in s.invariant_checks.items()))
+        print(f"  not supported by target, switched off: {sorted(result.unsupported)}")
+    if result.exhaustive is not None:
+        e = result.exhaustive
+        print(f"  {e.describe()}, {e.seconds:.1f}s")
+    if s.examples:
+        rate = s.steps / result.seconds if result.seconds else 0.0
+        print(f"  random: {s.examples} examples, {s.steps} steps, {rate:,.0f} steps/s")
+        print("  moves:      " + _counts(s.rules))
+        print("  invariants: " + _counts(s.invariant_checks))
+        if result.situations:
+            reached = {k: s.situations.get(k, 0) for k in result.situations}
+            missing = [k for k, v in reached.items() if not v]
+            print("  situations: " + ", ".join(f"{k} {v}" for k, v in reached.items()))
+            if missing:
+                print(f"  not reached: {', '.join(missing)}")
+
+
+def how_minimal(result: CheckResult) -> str:
+    """What is known of the failing sequence's length, in the report's words."""
+    failure = result.failure
+    if failure is None or not result.minimal:
+        return ""
+    words = "1-minimal"
+    e = result.exhaustive
+    if result.found_by == "exhaustive" and e is not None and len(failure.steps) == e.depth + 1:
+        words += ", shortest within the exhaustive search,"
+    return words
 
 
 def levels_to_run(target: str, level: str) -> tuple[list[str], list[str]]:
     """The levels ``kvspec check`` runs for ``target``, and notes on any it leaves out.
 
     ``all`` means every level the target has: both for ``impl`` and ``vllm``, and for
-    ``module:factory`` the one level its factory
-    implements (:func:`kvspec.conformance.manager.targets.factory_level`).
+    ``module:factory`` the one level its factory implements
+    (:func:`kvspec.conformance.manager.targets.factory_level`).
     """
     from kvspec.conformance.manager.targets import BUILTIN_MANAGER_TARGETS, factory_level
     from kvspec.conformance.pool.targets import BUILTIN_TARGETS, load_factory
@@ -99,6 +129,12 @@ def levels_to_run(target: str, level: str) -> tuple[list[str], list[str]]:
                                        ("manager", BUILTIN_MANAGER_TARGETS)) if name in names]
         notes = [] if "manager" in levels else [f"manager level: no adapter for {name!r}"]
         return levels, notes
+    if name.startswith("mutant:"):
+        from kvspec.conformance.mutants import MUTANTS
+
+        mutant = MUTANTS.get(name.removeprefix("mutant:"))
+        if mutant is not None and mutant.level != "content":
+            return [mutant.level], []
     return [factory_level(load_factory(name))], []
 
 
@@ -119,30 +155,30 @@ def run(args: argparse.Namespace) -> int:
 
 def run_level(args: argparse.Namespace, level: str) -> int:
     """Check one level; print its summary and, on failure, the report. Exit status."""
-    from kvspec.conformance.engines.randomized import run_check
-    from kvspec.conformance.manager.targets import load_manager_factory
-    from kvspec.conformance.pool.targets import load_factory
+    from kvspec.conformance.engines.pipeline import run_check
+    from kvspec.conformance.levels import get_level
     from kvspec.conformance.report import format_failure, write_failure
 
-    manager = level == "manager"
-    factory = load_manager_factory(args.target) if manager else load_factory(args.target)
-    if level == "content":
-        result = run_content_level(args, factory)
-    else:
-        result = run_check(
-            factory,
-            target_name=args.target,
-            level=level,
-            profile=args.profile,
-            mode="strict" if manager else args.mode,
-            settings_name=args.settings,
-            max_examples=args.max_examples,
-            steps=args.steps,
-            seed=args.seed,
-            database=None if args.no_db else args.db,
-            progress=not args.quiet,
-            bad_input=args.bad_input == "check",
-        )
+    lv = get_level(level)
+    factory = lv.load_factory(args.target)
+    result = run_check(
+        factory,
+        target_name=args.target,
+        level=lv,
+        profile=args.profile,
+        mode="strict" if level == "manager" else args.mode,
+        settings_name=args.settings,
+        max_examples=args.max_examples,
+        steps=args.steps,
+        seed=args.seed,
+        database=None if args.no_db else args.db,
+        progress=not args.quiet,
+        bad_input=args.bad_input,
+        exhaustive=args.exhaustive_seconds != 0,
+        exhaustive_seconds=args.exhaustive_seconds,
+        device=args.device,
+        dtype=args.dtype,
+    )
     print_summary(result)
     if level == "pool" and args.bad_input == "report":
         from kvspec.conformance.pool.bad_input import format_report, probe_all
@@ -151,29 +187,10 @@ def run_level(args: argparse.Namespace, level: str) -> int:
     if result.failure is None:
         print("PASS: no divergence from the spec")
         return 0
-    print("\nFAIL\n" + format_failure(result.failure))
+    found = f" (found by the {result.found_by} engine in {result.found_length} steps)"
+    print("\nFAIL" + found + "\n" + format_failure(result.failure,
+                                                   how_minimal=how_minimal(result)))
     trace_path, test_path = write_failure(result.failure, args.target, args.out)
     print(f"\ntrace:  {trace_path}   (kvspec replay {trace_path} --target {args.target})")
     print(f"pytest: {test_path}")
     return 1
-
-
-def run_content_level(args: argparse.Namespace, factory) -> CheckResult:
-    """The content level: the pool target with its block store (``factory.store``, else
-    kvspec's BlockStore) on ``--device`` in ``--dtype``. Needs torch."""
-    from kvspec.conformance.content.machine import run_content_check
-
-    return run_content_check(
-        factory,
-        target_name=args.target,
-        profile=args.profile,
-        mode=args.mode,
-        settings_name=args.settings,
-        max_examples=args.max_examples,
-        steps=args.steps,
-        seed=args.seed,
-        database=None if args.no_db else args.db,
-        progress=not args.quiet,
-        device=args.device,
-        dtype=args.dtype,
-    )

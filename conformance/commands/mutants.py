@@ -1,7 +1,9 @@
 """``kvspec mutants``: run the suite against every zoo mutant and print a kill matrix.
 
-For each mutant: caught or not, the invariant or observation that caught it, how many
-examples and seconds it took to the first failure, and the length of the shrunk trace.
+For each mutant: caught or not, the invariant or observation that caught it, which engine
+found it, how many random examples and seconds it took (minimizing included), the
+exhaustive engine's shortest failing length, and the length of the reported 1-minimal
+trace.
 A mutant that survives is a finding about the suite, reported, never hidden.
 """
 
@@ -11,7 +13,8 @@ import argparse
 import statistics
 from dataclasses import dataclass
 
-from kvspec.conformance.engines.randomized import SETTINGS_PROFILES, CheckResult
+from kvspec.conformance.engines.pipeline import CheckResult
+from kvspec.conformance.engines.settings import SETTINGS_PROFILES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,34 +31,44 @@ class KillRow:
     level: str
     caught: bool
     caught_by: str
+    found_by: str
     examples: int | None
     seconds: float
-    shrunk_length: int | None
+    exhaustive: str
+    """The exhaustive engine's shortest failure length, or ``>d`` when it found none within
+    the depth d it completed."""
+    length: int | None
+    """The reported (1-minimal) trace's length."""
 
     @classmethod
     def from_result(cls, name: str, level: str, result: CheckResult) -> KillRow:
         failure = result.failure
+        e = result.exhaustive
+        if e is None:
+            shortest = "-"
+        elif result.found_by == "exhaustive":
+            shortest = str(result.found_length)
+        else:
+            shortest = f">{e.depth}"
         return cls(
             name=name,
             level=level,
             caught=failure is not None,
             caught_by=failure.caught_by if failure else "-",
+            found_by=result.found_by or "-",
             examples=result.examples_to_failure,
             seconds=result.seconds,
-            shrunk_length=len(failure.steps) if failure else None,
+            exhaustive=shortest,
+            length=len(failure.steps) if failure else None,
         )
 
 
 def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> KillRow:
     """Run the suite against one mutant; no example database, so each run is fresh."""
-    from kvspec.conformance.engines.randomized import run_check
+    from kvspec.conformance.engines.pipeline import run_check
     from kvspec.conformance.mutants import MUTANTS
 
     mutant = MUTANTS[name]
-    if mutant.level == "content":
-        from kvspec.conformance.content.machine import run_content_mutant
-
-        return run_content_mutant(name, settings_name, seed)
     result = run_check(
         mutant.factory,
         target_name=f"mutant:{name}",
@@ -67,6 +80,19 @@ def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> Ki
         progress=False,
     )
     return KillRow.from_result(name, mutant.level, result)
+
+
+HEADER = (f"{'mutant':<34} {'level':<7} {'caught':<6} {'caught by':<26} {'found by':<10} "
+          f"{'examples':>8} {'seconds':>8} {'exhaustive':>10} {'length':>6}")
+
+
+def format_row(row: KillRow) -> str:
+    return (
+        f"{row.name:<34} {row.level:<7} {'yes' if row.caught else 'NO':<6} "
+        f"{row.caught_by:<26} {row.found_by:<10} {row.examples or '-':>8} "
+        f"{row.seconds:>8.2f} {row.exhaustive:>10} "
+        f"{row.length if row.length is not None else '-':>6}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,29 +107,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.list:
         for n in chosen:
-            print(f"  {n:<32} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
+            print(f"  {n:<34} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
         return 0
-    header = f"{'mutant':<32} {'level':<7} {'caught':<6} {'caught by':<26} "
-    header += f"{'examples':>8} {'seconds':>8} {'shrunk':>6}"
-    print(header)
-    print("-" * len(header))
+    print(HEADER)
+    print("-" * len(HEADER))
     rows = []
     for n in chosen:
         row = run_mutant(n, args.settings, args.seed)
         rows.append(row)
-        print(
-            f"{row.name:<32} {row.level:<7} {'yes' if row.caught else 'NO':<6} "
-            f"{row.caught_by:<26} {row.examples or '-':>8} {row.seconds:>8.2f} "
-            f"{row.shrunk_length if row.shrunk_length is not None else '-':>6}",
-            flush=True,
-        )
+        print(format_row(row), flush=True)
+    print("(exhaustive: the exhaustive engine's shortest failing length, or >d when it found "
+          "none to depth d; length: the reported, 1-minimal trace)")
     caught = [r for r in rows if r.caught]
     print(f"\n{len(caught)}/{len(rows)} mutants caught")
     if caught:
         print(
-            f"median seconds to catch (incl. shrinking): "
-            f"{statistics.median(r.seconds for r in caught):.2f}; "
-            f"median shrunk length: {statistics.median(r.shrunk_length or 0 for r in caught)}"
+            f"median seconds to catch (incl. minimizing): "
+            f"{statistics.median(r.seconds for r in caught):.2f}, worst "
+            f"{max(r.seconds for r in caught):.2f}; "
+            f"median length: {statistics.median(r.length or 0 for r in caught)}"
         )
     survivors = [r.name for r in rows if not r.caught]
     if survivors:

@@ -27,6 +27,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = replay_trace(trace, args.target, mode=args.mode)
     print(f"{args.trace}: {len(trace.steps)} steps, target {args.target}, config {trace.config}")
+    for i in result.refused:
+        print(f"  step {i}: refused by both, as the spec requires")
+    for name, why in result.waived.items():
+        print(f"  not checked: {name}, {why}")
+    if result.outside_scope is not None:
+        print(f"OUTSIDE SCOPE: {result.message}")
+        return 2
     if result.ok:
         print(f"OK: {result.message}")
         return 0

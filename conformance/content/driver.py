@@ -38,7 +38,7 @@ from __future__ import annotations
 import importlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,7 +50,8 @@ from kvspec.conformance.content.values import (
     dtype_name,
     tokens_of_hash,
 )
-from kvspec.conformance.pool.driver import Divergence, Outcome, PoolConfig, PoolDriver
+from kvspec.conformance.outcome import Divergence, Outcome, OutsideScope
+from kvspec.conformance.pool.driver import PoolConfig, PoolDriver
 from kvspec.conformance.pool.protocol import PoolTarget
 from kvspec.conformance.pool.targets import TargetSpecError, load_factory, unsupported_operations
 from kvspec.conformance.trace import LEVEL_OPS, Step, Trace
@@ -168,25 +169,10 @@ class Request:
 
 
 @dataclass
-class ContentDivergence(Divergence):
-    """A content-level failure: ``steps`` are scheduler actions, ``ops`` the pool and store
-    calls they made (the last one is where it failed)."""
-
-    ops: list[Step] = field(default_factory=list)
-
-    def trace(self) -> Trace:
-        return Trace(
-            level="content",
-            config=self.config.to_json(),
-            steps=list(self.steps),
-            note=f"caught by {self.caught_by}: {self.message}",
-        )
-
-
 class ContentDriver:
     """Plays scheduler actions over a pool target and a block store, and judges each one.
 
-    Raises :class:`ContentDivergence` at the first disagreement, with the actions so far.
+    Raises :class:`Divergence` at the first disagreement, with the actions so far.
     ``store_cls`` builds the store (a :class:`BlockStore` or a subclass, such as a mutant);
     its guard is the pool target. ``unsupported`` names protocol operations the target
     lacks: without ``fork_block``, copy-on-write takes a fresh block and drops one reference
@@ -248,16 +234,20 @@ class ContentDriver:
     def block_size(self) -> int:
         return self.config.block_size
 
-    def fail(self, caught_by: str, message: str, **views: Any) -> ContentDivergence:
-        return ContentDivergence(
+    def fail(self, caught_by: str, message: str, *, spec_error: bool = False,
+             **views: Any) -> Divergence:
+        """A content-level failure: ``steps`` are scheduler actions, ``detail`` the pool and
+        store calls they made (the last one is where it failed)."""
+        return Divergence(
             caught_by=caught_by,
             message=message,
-            step_index=len(self.steps),
-            steps=list(self.steps),
+            level="content",
             config=self.config,
+            steps=list(self.steps),
             spec_view=views.get("spec_view", {}),
             target_view=views.get("target_view", {}),
-            ops=list(self.ops),
+            spec_error=spec_error,
+            detail=list(self.ops),
         )
 
     def _count(self, name: str) -> None:
@@ -274,9 +264,13 @@ class ContentDriver:
             raise self.fail(
                 failure.caught_by,
                 f"{failure.message} (pool call {step.describe()})",
+                spec_error=failure.spec_error,
                 spec_view=failure.spec_view,
                 target_view=failure.target_view,
             ) from None
+        except OutsideScope as outside:
+            raise OutsideScope(len(self.steps), f"pool call {step.describe()}: "
+                               f"{outside.reason}") from None
 
     def start(self) -> None:
         """Check the fresh pool and store."""
@@ -409,11 +403,24 @@ class ContentDriver:
 
     # ------------------------------------------------------------------ actions
 
+    def apply(self, step: Step) -> Outcome:
+        """Take one scheduler action, then check everything (see :meth:`run`)."""
+        return Outcome(result=self.run(step))
+
     def run(self, step: Step) -> int | None:
         """Take one scheduler action, then check everything. Returns the request id an
-        ``admit``, ``fork`` or ``readmit`` created (None when it could not)."""
+        ``admit``, ``fork`` or ``readmit`` created (None when it could not). An action on a
+        request that does not exist (or a reset while requests run) is out of scope: the
+        machine never takes one, a hand-edited trace or a minimizer candidate can."""
         if step.op not in CONTENT_OPS:
             raise ValueError(f"unknown content action {step.op!r}; expected {sorted(CONTENT_OPS)}")
+        rid = step.args.get("request")
+        if step.op in ("decode", "fork", "free", "readmit") and rid not in self.requests:
+            raise OutsideScope(len(self.steps) + 1,
+                               f"{step.describe()}: no live request {rid!r}")
+        if step.op == "reset" and self.requests:
+            raise OutsideScope(len(self.steps) + 1, "reset: the prefix cache is reset only "
+                               "when no request runs")
         self.steps.append(step)
         a = step.args
         result: int | None = None
@@ -430,8 +437,6 @@ class ContentDriver:
             self._free(request)
             result = self._admit(list(request.tokens))
         else:
-            if self.requests:
-                raise ValueError("reset: the prefix cache is reset only when no request runs")
             self._pool("reset_prefix_cache")
         self.check()
         return result
@@ -540,7 +545,7 @@ class ContentDriver:
         request: Request,
         got: tuple[torch.Tensor, torch.Tensor],
         want: tuple[torch.Tensor, torch.Tensor],
-    ) -> ContentDivergence:
+    ) -> Divergence:
         bs = self.block_size
         # [layers, tokens, heads, size] -> per token: does K / V differ anywhere?
         bad_k = (got[0] != want[0]).flatten(2).any(dim=2).any(dim=0)
@@ -665,7 +670,7 @@ def replay_actions(
     shadow: bool | None = None,
     on_action: Callable[[ContentDriver], None] | None = None,
 ) -> ContentDriver:
-    """Run ``steps`` through a fresh driver; raises ContentDivergence at the first failure.
+    """Run ``steps`` through a fresh driver; raises Divergence at the first failure.
     ``skip`` and ``shadow`` are :class:`ContentDriver`'s; ``on_action`` sees the driver after
     each action."""
     driver = ContentDriver(
@@ -733,6 +738,30 @@ def _with_device(config: ContentConfig, device: str) -> ContentConfig:
     return ContentConfig.from_json(data)
 
 
+def start_driver(
+    factory: Callable[..., PoolTarget],
+    config: ContentConfig,
+    *,
+    on_check: Callable[[str], None] | None = None,
+    judge_bad_input: bool = True,
+) -> ContentDriver:
+    """A driver over a fresh pool target and its store, the fresh state already judged."""
+    driver = ContentDriver(factory, config, store_cls=store_cls_for(factory),
+                           unsupported=unsupported_operations(factory), on_check=on_check)
+    driver.pool.judge_bad_input = judge_bad_input
+    driver.start()
+    return driver
+
+
+def load_content_factory(target: str) -> Callable[..., PoolTarget]:
+    """A pool factory by ``--target`` name; store mutants of the zoo included."""
+    if target.startswith("mutant:"):
+        from kvspec.conformance.mutants.store_zoo import ensure_registered
+
+        ensure_registered()
+    return load_factory(target)
+
+
 def replay_content_trace(
     trace: Trace,
     target: str | Callable[..., PoolTarget] = "impl",
@@ -743,31 +772,11 @@ def replay_content_trace(
     """Replay a ``content`` trace on ``target`` (a ``--target`` string or a factory) and its
     store; ``mode`` and ``device`` override the recorded ones. Returns a
     :class:`kvspec.conformance.engines.replay.ReplayResult`."""
-    from kvspec.conformance.engines.replay import ReplayResult
+    from kvspec.conformance.engines.replay import replay_trace
 
     if trace.level != "content":
         raise ValueError(f"replay_content_trace: a {trace.level!r} trace; expected 'content'")
-    if isinstance(target, str):
-        if target.startswith("mutant:"):
-            from kvspec.conformance.mutants.store_zoo import ensure_registered
-
-            ensure_registered()
-        factory = load_factory(target)
-    else:
-        factory = target
-    data = dict(trace.config)
-    if mode:
-        data["mode"] = mode
+    config = dict(trace.config)
     if device:
-        data["store"] = {**data.get("store", {}), "device": device}
-    try:
-        driver = replay_actions(
-            factory,
-            ContentConfig.from_json(data),
-            trace.steps,
-            store_cls=store_cls_for(factory),
-            unsupported=unsupported_operations(factory),
-        )
-    except ContentDivergence as failure:
-        return ReplayResult(False, failure.step_index, failure)
-    return ReplayResult(True, len(driver.steps))
+        config["store"] = {**config.get("store", {}), "device": device}
+    return replay_trace(Trace(trace.level, config, trace.steps, trace.note), target, mode=mode)

@@ -1,254 +1,189 @@
-"""Run a conformance machine under Hypothesis and turn its outcome into a report.
+"""The random engine: a level's harness run as a Hypothesis state machine.
 
-``run_check`` is what ``kvspec check`` and ``kvspec mutants`` call. It picks the settings
-profile, seeds Hypothesis, points its example database at ``.kvspec/examples`` (one key
-per target, level, profile and mode, so one target's failures are not replayed against
-another), prints a progress line, and, on a failure, returns the *shrunk* divergence:
-Hypothesis replays the minimal example last, so the last divergence seen is the one to
-show.
+One machine class serves every level: its ``start`` draws a configuration and builds the
+level's harness, and its one rule draws a move among those enabled (by the move's
+``weight``) and the move's arguments (from its domains' strategies). Two things keep one
+move from dominating a run, which measurement showed matters (an unweighted machine spent
+more steps on ``reset`` than on anything else, wiping the cache states eviction bugs
+need):
+
+* **weights**: the choice is weighted, and moves that only repair (reset, lookups) are
+  light;
+* **swarm testing**: each example switches a random subset of moves off, so that
+  "repairing" moves do not always drain the pressure a bug needs.
+
+Hypothesis reports the peak pressure through ``target()``, steering toward full pools.
+A divergence raised in a step is captured (``on_failure``) and ends the example; a sequence
+out of scope (:class:`~kvspec.conformance.outcome.OutsideScope`) is rejected, not failed.
+The engine does not shrink: the minimizer (:mod:`kvspec.conformance.engines.minimize`)
+replays the failing trace directly, which is much faster and makes it 1-minimal.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test
-from kvspec.conformance.manager.machine import make_manager_machine, unsupported_bad_inputs
-from kvspec.conformance.pool.driver import Divergence
-from kvspec.conformance.pool.machine import RunStats, make_pool_machine
-from kvspec.conformance.pool.protocol import PoolTarget
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    get_state_machine_test,
+    initialize,
+    invariant,
+    rule,
+)
+from kvspec.conformance.level import Harness, Level, Move, Recorder, RunOptions
+from kvspec.conformance.outcome import Divergence, OutsideScope
 
-LEVELS = ("pool", "manager")
-"""The machines ``run_check`` can run; ``kvspec check --level all`` runs them in order."""
-SETTINGS_ENV = "KVSPEC_SETTINGS"
-DEFAULT_DB = Path(".kvspec") / "examples"
-
-# name -> (max_examples, stateful_step_count)
-SETTINGS_PROFILES: dict[str, tuple[int, int]] = {
-    "dev": (150, 40),
-    "ci": (300, 50),
-    "thorough": (3000, 80),
-}
+OnFailure = Callable[[Divergence], None]
 
 
-def settings_profile(name: str | None) -> str:
-    """The chosen settings profile: the flag, else $KVSPEC_SETTINGS, else ``dev``."""
-    chosen = name or os.environ.get(SETTINGS_ENV) or "dev"
-    if chosen not in SETTINGS_PROFILES:
-        valid = ", ".join(SETTINGS_PROFILES)
-        raise ValueError(f"unknown settings profile {chosen!r}; expected one of: {valid}")
-    return chosen
+def _guarded(action: Callable[[], Any], on_failure: OnFailure) -> Any:
+    try:
+        return action()
+    except Divergence as failure:
+        on_failure(failure)
+        raise
+    except OutsideScope:
+        hypothesis.reject()
 
 
-@dataclass
-class CheckResult:
-    target: str
-    level: str
-    profile: str
-    mode: str
-    failure: Divergence | None
-    stats: RunStats
-    seconds: float
-    examples_to_failure: int | None = None
-    unsupported: frozenset[str] = field(default_factory=frozenset)
-
-    @property
-    def passed(self) -> bool:
-        return self.failure is None
+def _weighted(moves: list[Move]) -> tuple[Move, ...]:
+    return tuple(m for m in moves for _ in range(m.weight))
 
 
-class Progress:
-    """A one-line progress display on stderr, refreshed at most twice a second."""
+class _Choices:
+    """One ``sampled_from`` strategy per set of enabled moves, built once: building one is
+    costly, and a run meets the same few sets again and again."""
 
-    def __init__(self, stats: RunStats, enabled: bool) -> None:
-        self.stats = stats
-        self.enabled = enabled and sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.last = 0.0
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, ...], st.SearchStrategy[Move]] = {}
 
-    def tick(self) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.last < 0.5:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = self.stats.steps / elapsed if elapsed else 0.0
-        sys.stderr.write(
-            f"\r  {self.stats.examples} examples, {self.stats.steps} steps, "
-            f"{rate:,.0f} steps/s, {elapsed:.0f}s "
-        )
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
+    def __call__(self, enabled: list[Move]) -> st.SearchStrategy[Move]:
+        key = tuple(m.name for m in enabled)
+        if key not in self.cache:
+            self.cache[key] = st.sampled_from(_weighted(enabled))
+        return self.cache[key]
 
 
-def build_settings(
-    profile_name: str,
-    *,
-    max_examples: int | None,
-    steps: int | None,
-    database: Path | None,
+def make_machine(
+    level: Level,
+    factory: Any,
+    options: RunOptions,
+    recorder: Recorder,
+    on_failure: OnFailure,
+    on_example: Callable[[Harness], None] | None = None,
+) -> type[RuleBasedStateMachine]:
+    """A machine class that drives targets built by ``factory`` at ``level``;
+    ``on_example`` sees each example's harness when the example ends."""
+    config_strategy = level.configs(factory, options)
+    choices = _Choices()
+
+    class LevelMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.harness: Harness | None = None
+            self.moves: list[Move] = []
+            self.peak_pressure = 0.0
+            recorder.stats.examples += 1
+
+        @initialize(config=config_strategy, data=st.data())
+        def start(self, config: Any, data: st.DataObject) -> None:
+            harness = _guarded(lambda: level.start(factory, config, options, recorder),
+                               on_failure)
+            names = [m.name for m in harness.moves]
+            # Swarm testing: switch a subset of moves off for this example (never all).
+            off = data.draw(st.frozensets(st.sampled_from(names), max_size=len(names) - 1),
+                            label="moves switched off")
+            self.moves = [m for m in harness.moves if m.name not in off]
+            self.harness = harness
+
+        @rule(data=st.data())
+        def step(self, data: st.DataObject) -> None:
+            harness = self.harness
+            assert harness is not None
+            enabled = [m for m in self.moves if m.enabled(harness)]
+            if not enabled:
+                return
+            chosen = data.draw(choices(enabled), label="move")
+            args = {name: data.draw(d.strategy, label=name) for name, d in chosen.args.items()}
+            _guarded(lambda: harness.run_move(chosen, args), on_failure)
+
+        @invariant()
+        def bookkeeping(self) -> None:
+            if self.harness is not None:
+                self.harness.check_bookkeeping()
+                self.peak_pressure = max(self.peak_pressure, self.harness.pressure())
+
+        def teardown(self) -> None:
+            # Steer generation toward full pools, where eviction and reuse bugs live.
+            hypothesis.target(self.peak_pressure, label="peak pressure")
+            if on_example is not None and self.harness is not None:
+                on_example(self.harness)
+
+    LevelMachine.__name__ = LevelMachine.__qualname__ = f"{level.name.title()}Machine"
+    return LevelMachine
+
+
+def hypothesis_settings(
+    *, max_examples: int, steps: int, database: Path | None
 ) -> settings:
-    examples, step_count = SETTINGS_PROFILES[profile_name]
     return settings(
-        max_examples=max_examples or examples,
-        stateful_step_count=steps or step_count,
+        max_examples=max_examples,
+        stateful_step_count=steps,
         deadline=None,
         database=DirectoryBasedExampleDatabase(str(database)) if database else None,
         suppress_health_check=list(HealthCheck),
         report_multiple_bugs=False,
-        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        # No shrinking here: the minimizer replays the failing trace, faster and 1-minimal.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target],
         print_blob=False,
         verbosity=hypothesis.Verbosity.quiet,
     )
 
 
-def run_machine(
-    machine: type[RuleBasedStateMachine],
-    config: settings,
+def run_random(
+    level: Level,
+    factory: Any,
+    options: RunOptions,
+    recorder: Recorder,
     *,
-    seed: int | None,
-    database_key: str,
-) -> None:
-    """Run one machine class as a Hypothesis test (raises on failure)."""
-    test = get_state_machine_test(machine, settings=config)
-    if seed is not None:
-        test = hypothesis.seed(seed)(test)
-    test._hypothesis_internal_database_key = database_key.encode()  # type: ignore[attr-defined]
-    test()
-
-
-def run_check(
-    factory: Callable[..., PoolTarget],
-    *,
-    target_name: str = "impl",
-    level: str = "pool",
-    profile: str = "current",
-    mode: str = "strict",
-    settings_name: str | None = None,
-    max_examples: int | None = None,
-    steps: int | None = None,
-    seed: int | None = None,
-    database: Path | None = DEFAULT_DB,
-    progress: bool = True,
-    bad_input: bool = True,
-) -> CheckResult:
-    """Drive ``factory``'s targets against the spec; the result holds the shrunk failure."""
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
-    if level == "manager" and mode != "strict":
-        raise ValueError(f"the manager level runs in strict mode only, not {mode!r}")
-    unsupported = frozenset(getattr(factory, "unsupported", frozenset()))
-    if level == "manager":
-        switched_off = frozenset(f"bad:{k}" for k in unsupported_bad_inputs(factory))
-
-        def build(stats: RunStats, on_failure: OnFailure, on_step: OnStep) -> MachineClass:
-            return make_manager_machine(
-                factory, profile=profile, bad_input=bad_input, stats=stats,
-                on_failure=on_failure, on_step=on_step,
-            )
-    else:
-        switched_off = unsupported
-
-        def build(stats: RunStats, on_failure: OnFailure, on_step: OnStep) -> MachineClass:
-            return make_pool_machine(
-                factory, profile=profile, mode=mode, bad_input=bad_input,
-                unsupported=unsupported, stats=stats, on_failure=on_failure, on_step=on_step,
-            )
-
-    return drive(
-        build,
-        target_name=target_name,
-        level=level,
-        profile=profile,
-        mode=mode,
-        settings_name=settings_name,
-        max_examples=max_examples,
-        steps=steps,
-        seed=seed,
-        database=database,
-        database_key=f"kvspec:{level}:{target_name}:{profile}:{mode}",
-        progress=progress,
-        unsupported=switched_off,
-    )
-
-
-OnFailure = Callable[[Divergence], None]
-OnStep = Callable[[], None]
-MachineClass = type[RuleBasedStateMachine]
-
-
-def drive(
-    build: Callable[[RunStats, OnFailure, OnStep], MachineClass],
-    *,
-    target_name: str,
-    level: str,
-    profile: str,
-    mode: str,
-    settings_name: str | None,
-    max_examples: int | None,
-    steps: int | None,
+    max_examples: int,
+    steps: int,
     seed: int | None,
     database: Path | None,
     database_key: str,
-    progress: bool,
-    unsupported: frozenset[str] = frozenset(),
-) -> CheckResult:
-    """Run the machine ``build`` makes under Hypothesis; every level's runner ends here.
-
-    ``build(stats, on_failure, on_step)`` returns the machine class, wired to count into
-    ``stats``, to report each divergence it raises, and to tick the progress line.
-    """
-    chosen = settings_profile(settings_name)
-    stats = RunStats()
+    on_example: Callable[[Harness], None] | None = None,
+) -> tuple[Divergence | None, int | None]:
+    """Run the machine; the first divergence found (unshrunk) and the example it took."""
     failures: list[Divergence] = []
-    first_failure_at: list[int] = []
-    display = Progress(stats, progress)
+    found_at: list[int] = []
 
     def on_failure(failure: Divergence) -> None:
-        if not first_failure_at:
-            first_failure_at.append(stats.examples)
+        if not failures:
+            found_at.append(recorder.stats.examples)
         failures.append(failure)
 
-    machine = build(stats, on_failure, display.tick)
-    start = time.perf_counter()
-    failure: Divergence | None = None
+    machine = make_machine(level, factory, options, recorder, on_failure, on_example)
+    test = get_state_machine_test(
+        machine, settings=hypothesis_settings(max_examples=max_examples, steps=steps,
+                                              database=database)
+    )
+    if seed is not None:
+        test = hypothesis.seed(seed)(test)
+    test._hypothesis_internal_database_key = database_key.encode()  # type: ignore[attr-defined]
     try:
-        run_machine(
-            machine,
-            build_settings(chosen, max_examples=max_examples, steps=steps, database=database),
-            seed=seed,
-            database_key=database_key,
-        )
+        test()
     except Divergence:
-        failure = failures[-1]
+        pass
     except Exception:
         if not failures:  # a harness error with no divergence behind it is a real error
             raise
-        failure = failures[-1]
-    finally:
-        display.done()
-    return CheckResult(
-        target=target_name,
-        level=level,
-        profile=profile,
-        mode=mode,
-        failure=failure,
-        stats=stats,
-        seconds=time.perf_counter() - start,
-        examples_to_failure=first_failure_at[0] if first_failure_at else None,
-        unsupported=unsupported,
-    )
+    if not failures:
+        return None, None
+    # Hypothesis replays the failing example last; that run's divergence is the one to keep.
+    return failures[-1], found_at[0]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from kvspec.conformance.manager.driver import ManagerConfig
-from kvspec.conformance.manager.driver import replay_steps as replay_manager_steps
-from kvspec.conformance.manager.targets import load_manager_factory
-from kvspec.conformance.pool.driver import Divergence, PoolConfig, replay_steps
-from kvspec.conformance.pool.protocol import PoolTarget
-from kvspec.conformance.pool.targets import load_factory
+from kvspec.conformance.level import RunOptions
+from kvspec.conformance.levels import get_level
+from kvspec.conformance.outcome import Divergence, OutsideScope
 from kvspec.conformance.trace import Trace
 
 
@@ -20,9 +16,16 @@ class ReplayResult:
     ok: bool
     steps_run: int
     divergence: Divergence | None = None
+    outside_scope: OutsideScope | None = None
+    refused: list[int] = field(default_factory=list)
+    """Steps (1-based) that both sides refused, as the spec requires."""
+    waived: dict[str, str] = field(default_factory=dict)
+    """Invariants not checked by the end, each with why (see the drivers)."""
 
     @property
     def message(self) -> str:
+        if self.outside_scope is not None:
+            return f"outside the checked scope at {self.outside_scope}"
         if self.divergence is None:
             return f"no divergence in {self.steps_run} steps"
         return (
@@ -33,36 +36,29 @@ class ReplayResult:
 
 def replay_trace(
     trace: Trace,
-    target: str | Callable[..., PoolTarget] = "impl",
+    target: str | Any = "impl",
     *,
     mode: str | None = None,
+    bad_input: str = "check",
 ) -> ReplayResult:
-    """Run every step of ``trace`` on the spec and ``target`` in lockstep."""
-    if trace.level == "manager":
-        return _replay_manager_trace(trace, target, mode=mode)
-    if trace.level == "content":
-        from kvspec.conformance.content.driver import replay_content_trace
-
-        return replay_content_trace(trace, target, mode=mode)
-    if trace.level != "pool":
-        raise ValueError(f"this kvspec replays pool and manager traces, not {trace.level!r}")
-    factory = load_factory(target) if isinstance(target, str) else target
-    config = PoolConfig.from_json({**trace.config, **({"mode": mode} if mode else {})})
+    """Run every step of ``trace`` on the spec and ``target`` (a name or a factory) in
+    lockstep; the result says whether, and where, they diverge."""
+    level = get_level(trace.level)
+    factory = level.load_factory(target) if isinstance(target, str) else target
+    data = {**trace.config, **({"mode": mode} if mode else {})}
+    config = level.config_from_json(data)
+    options = RunOptions(profile=getattr(config, "profile", "current"),
+                         mode=getattr(config, "mode", "strict"), bad_input=bad_input)
+    refused: list[int] = []
     try:
-        driver = replay_steps(factory, config, trace.steps)
+        driver = level.replay_driver(factory, config, options)
+        for i, step in enumerate(trace.steps, start=1):
+            if driver.apply(step).refused is not None:
+                refused.append(i)
     except Divergence as failure:
-        return ReplayResult(False, failure.step_index, failure)
-    return ReplayResult(True, len(driver.steps))
-
-
-def _replay_manager_trace(
-    trace: Trace, target: str | Callable[..., Any], *, mode: str | None = None
-) -> ReplayResult:
-    """A manager-level trace: ``target`` names (or is) a manager factory."""
-    factory = load_manager_factory(target) if isinstance(target, str) else target
-    config = ManagerConfig.from_json({**trace.config, **({"mode": mode} if mode else {})})
-    try:
-        driver = replay_manager_steps(factory, config, trace.steps)
-    except Divergence as failure:
-        return ReplayResult(False, failure.step_index, failure)
-    return ReplayResult(True, len(driver.steps))
+        return ReplayResult(False, failure.step_index, failure, refused=refused,
+                            waived=failure.waived)
+    except OutsideScope as outside:
+        return ReplayResult(False, outside.step_index, outside_scope=outside, refused=refused)
+    return ReplayResult(True, len(trace.steps), refused=refused,
+                        waived=dict(getattr(driver, "waived", {})))

@@ -18,8 +18,11 @@ After each step, in this order:
    ``allocate_slots`` that returned ``None``) changed no observation of the target;
 2. ``allocate_slots`` succeeded on both sides or on neither;
 3. every pool invariant (:mod:`kvspec.spec.invariants`) and every manager invariant
-   (:mod:`kvspec.spec.manager_invariants`) holds on the target's observations, then on the
-   spec's own state (``spec:NAME`` should that ever fail);
+   (:mod:`kvspec.spec.manager_invariants`) holds on the *spec's own state* first: a broken
+   one is a spec error (``spec:NAME``), never blamed on the target. (The manager is the
+   caller that keeps the usage discipline the pool's ``eviction-order`` assumes, so at this
+   level that invariant, too, holds after any sequence.) Then the same invariants on the
+   target's observations;
 4. return values agree (hit ids and length, new block ids, reset result);
 5. every observation agrees: ref counts, block hashes, free queue, free count, usage,
    each request's table and block hashes, the statistics.
@@ -27,6 +30,14 @@ After each step, in this order:
 Invariants come before the value comparisons so that a bug is reported by the rule it
 breaks (``hit-cap``, ``no-double-allocation``...) when one does. Only ``strict`` mode
 exists at this level: the target must make exactly the spec's choices.
+
+Trusted inputs (:mod:`kvspec.conformance.manager.protocol`): ``get_computed_blocks`` looks
+up only requests that hold no blocks; a request is admitted by an ``allocate_slots`` right
+after that lookup, with the hits it returns; computed tokens advance only over slots
+allocated to the request. A step outside these (a lookup of a request holding blocks, an
+admission without its lookup, hits beyond the cap, stale or out of range, more computed
+tokens than slots: what a hand-edited trace or a minimizer candidate could send) is
+:class:`~kvspec.conformance.outcome.OutsideScope`, not a divergence.
 
 Hash bytes are compared too, unless the config says ``compare_hashes=False`` (a target
 whose factory sets ``opaque_hashes = True`` because it hashes blocks another way). Then
@@ -36,14 +47,17 @@ structure from the target's own hash chains.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvspec.conformance.level import copy_target
 from kvspec.conformance.manager.protocol import STATS_FIELDS, ManagerTarget
-from kvspec.conformance.pool.driver import Divergence
-from kvspec.conformance.trace import Step, Trace
+from kvspec.conformance.outcome import Divergence, Outcome, OutsideScope
+from kvspec.conformance.trace import Step
+from kvspec.spec import errors
 from kvspec.spec import manager as sm
 from kvspec.spec import manager_invariants as mi
 from kvspec.spec.errors import Refused
@@ -68,6 +82,9 @@ CHANGES_MANAGER = frozenset({"allocate_slots", "free", "preempt", "reset_prefix_
 #: The pool invariant that judges blocks handed out (see :func:`_with_allocated`).
 ALLOCATION_INVARIANT = "no-double-allocation"
 
+#: Refusals of hits the protocol never passes (see "Trusted inputs" above).
+UNTRUSTED_INPUT = frozenset({sm.HIT_BEYOND_CAP, sm.STALE_HIT, errors.BLOCK_OUT_OF_RANGE})
+
 
 @dataclass(frozen=True)
 class ManagerConfig:
@@ -90,18 +107,6 @@ class ManagerConfig:
             profile=str(data.get("profile", "current")),
             mode=str(data.get("mode", "strict")),
             compare_hashes=bool(data.get("compare_hashes", True)),
-        )
-
-
-class ManagerDivergence(Divergence):
-    """A request-level disagreement; its trace is a ``manager`` level trace."""
-
-    def trace(self) -> Trace:
-        return Trace(
-            level="manager",
-            config=self.config.to_json(),
-            steps=list(self.steps),
-            note=f"caught by {self.caught_by}: {self.message}",
         )
 
 
@@ -176,14 +181,6 @@ def _describe_difference(what: str, spec: Observation, target: Observation) -> s
 
 
 @dataclass
-class Outcome:
-    """What one step did: the spec's result, or the refusal both sides agreed on."""
-
-    result: Any = None
-    refused: Refused | None = None
-
-
-@dataclass
 class _StepFacts:
     """What the driver learned from one step, for the invariants of this step."""
 
@@ -201,6 +198,7 @@ class ManagerDriver:
         config: ManagerConfig,
         *,
         on_check: Callable[[str], None] | None = None,
+        judge_bad_input: bool = True,
     ) -> None:
         if config.mode not in MODES:
             raise ValueError(
@@ -222,20 +220,59 @@ class ManagerDriver:
         self.running: set[str] = set()
         self.contents: dict[int, mi.BlockContent] = {}
         self.admissions: list[mi.Admission] = []
-        self.last_target_view: dict[str, Any] = {}
+        self.judge_bad_input = judge_bad_input
+        self.target_obs: Observation | None = None
+        self._state_key: Hashable | None = None
+        self.looked_up: str | None = None
+        """The request the previous step looked up (admitting it is in scope now)."""
 
     # ------------------------------------------------------------------ helpers
 
-    def fail(self, caught_by: str, message: str, **views: Any) -> ManagerDivergence:
-        return ManagerDivergence(
+    def fail(self, caught_by: str, message: str, *, spec_error: bool = False,
+             target_view: dict[str, Any] | None = None) -> Divergence:
+        """A divergence at the current step, both sides shown after it."""
+        if target_view is None:
+            target_view = self.target_obs.view() if self.target_obs else {}
+        return Divergence(
             caught_by=caught_by,
             message=message,
-            step_index=len(self.steps),
+            level="manager",
+            config=self.config,
             steps=list(self.steps),
-            config=self.config,  # type: ignore[arg-type]
-            spec_view=views.get("spec_view", self.observe_spec().view()),
-            target_view=views.get("target_view", self.last_target_view),
+            spec_view=self.observe_spec().view(),
+            target_view=target_view,
+            spec_error=spec_error,
         )
+
+    def clone(self) -> ManagerDriver:
+        """An independent copy: spec, target, requests and the driver's records."""
+        twin = copy.copy(self)
+        twin.spec = self.spec.clone()
+        twin.target = copy_target(self.target)
+        twin.steps = list(self.steps)
+        twin.requests = {rid: _copy_request(req) for rid, req in self.requests.items()}
+        twin.running = set(self.running)
+        twin.contents = dict(self.contents)
+        twin.admissions = list(self.admissions)
+        return twin
+
+    def state_key(self) -> Hashable:
+        """The spec's state, the requests, and the target's last observation."""
+        if self._state_key is None:
+            obs = self.target_obs
+            assert obs is not None, "state_key before the first check"
+            requests = tuple(
+                (rid, req.all_token_ids, req.lora, req.cache_salt, req.num_computed_tokens,
+                 req.num_preemptions, rid in self.running)
+                for rid, req in sorted(self.requests.items())
+            )
+            target = (obs.pool.ref_cnt, obs.pool.block_hash, obs.pool.free_queue,
+                      obs.pool.num_free_blocks, round(obs.pool.usage, 9),
+                      tuple(sorted(obs.tables.items())), tuple(sorted(obs.hashes.items())),
+                      obs.stats)
+            self._state_key = (self.spec.key(), requests, tuple(sorted(self.contents.items())),
+                               tuple(self.admissions), self.looked_up, target)
+        return self._state_key
 
     def request(self, request_id: str, op: str) -> Request:
         """The spec's record of a request; a step naming an unknown id is refused."""
@@ -282,7 +319,9 @@ class ManagerDriver:
     # ------------------------------------------------------------------ one step
 
     def apply(self, step: Step) -> Outcome:
-        """Take ``step`` on both sides, then check everything. Raises ManagerDivergence."""
+        """Take ``step`` on both sides, then check everything. Raises Divergence."""
+        self._state_key = None
+        looked_up, self.looked_up = self.looked_up, None
         handler = getattr(self, f"_spec_{step.op}", None)
         if handler is None:
             raise ValueError(f"unknown manager operation {step.op!r}")
@@ -295,13 +334,18 @@ class ManagerDriver:
             self._expect_refusal(step, refusal)
             return Outcome(refused=refusal)
         self.steps.append(step)
+        self._check_scope(step, looked_up)
+        if step.op == "get_computed_blocks":
+            self.looked_up = step.args["request_id"]
 
-        before = self.observe_target() if step.op == "allocate_slots" else None
+        before = self.target_obs if step.op == "allocate_slots" else None
         try:
             target_result = _call_target(self.target, step)
         except Exception as exc:  # noqa: BLE001 - any exception is a refusal
             spec_says = ("returns None (cannot schedule)" if step.op == "allocate_slots"
                          and effect.result is None else "is legal")
+            self.spec = trial
+            self.target_obs = self._observe_safely()
             raise self.fail(
                 "refused-legal-operation",
                 f"{step.describe()} {spec_says}, but the target raised "
@@ -315,6 +359,57 @@ class ManagerDriver:
         self._compare_result(step, effect.result, target_result)
         self.compare_observations(target, spec)
         return Outcome(result=effect.result)
+
+    def _check_scope(self, step: Step, looked_up: str | None) -> None:
+        """Raise OutsideScope for a step the spec accepts but the protocol never sends
+        (see "Trusted inputs" in the module docstring)."""
+        rid = step.args.get("request_id")
+        n = len(self.steps) + (0 if self.steps and self.steps[-1] is step else 1)
+        if step.op == "allocate_slots" and rid not in self.running and looked_up != rid:
+            raise OutsideScope(
+                n, f"{step.describe()} admits request {rid!r} without looking it up first; a "
+                "scheduler calls get_computed_blocks right before it admits a request",
+            )
+        if step.op == "get_computed_blocks" and sm.get_block_ids(self.spec, rid):
+            raise OutsideScope(
+                n, f"{step.describe()}: request {rid!r} holds blocks; a scheduler looks up "
+                "only requests it is about to admit (waiting or preempted)",
+            )
+        if step.op == "set_num_computed_tokens":
+            slots = len(sm.get_block_ids(self.spec, rid)) * self.config.block_size
+            if step.args["num_computed_tokens"] > slots:
+                raise OutsideScope(
+                    n, f"{step.describe()}: request {rid!r} has slots for {slots} tokens; a "
+                    "scheduler advances computed tokens only over slots it allocated",
+                )
+
+    def judge_refusal_in_place(self, step: Step) -> bool:
+        """If the spec refuses ``step``: judge the target's refusal here, without keeping
+        the step (a correct target is left as it was), and return True; if the step is out
+        of scope, raise OutsideScope. False when it must be taken (nothing done). Only in
+        runs that judge bad input."""
+        if not self.judge_bad_input:
+            return False
+        handler = getattr(self, f"_spec_{step.op}")
+        trial = self.spec.clone() if step.op in CHANGES_MANAGER else self.spec
+        try:
+            handler(trial, **step.args)
+        except Refused as refusal:
+            self.steps.append(step)
+            try:
+                self._expect_refusal(step, refusal)
+            finally:
+                self.steps.pop()
+            return True
+        self._check_scope(step, self.looked_up)
+        return False
+
+    def _observe_safely(self) -> Observation | None:
+        """The target's observations, or None when it is too broken to be observed."""
+        try:
+            return self.observe_target()
+        except Exception:  # noqa: BLE001 - a broken target is itself the finding
+            return None
 
     def _commit(
         self, step: Step, effect: _Effect, target_result: Any, before: Observation | None
@@ -345,6 +440,7 @@ class ManagerDriver:
         rid = args["request_id"]
         req = self.requests[rid]
         if (effect.result is None) != (target_result is None):
+            self.target_obs = self._observe_safely()
             raise self.fail(
                 "allocate-result",
                 f"{step.describe()}: spec returns {effect.result}, target {target_result}",
@@ -365,31 +461,51 @@ class ManagerDriver:
             len(args.get("new_computed_blocks", ())), min(written, req.num_tokens),
         )
 
-    def _expect_unchanged(self, step: Step, before: Observation | None, name: str) -> None:
+    def _expect_unchanged(self, step: Step, before: Observation | None, name: str,
+                          refused: bool = False) -> None:
         if before is None:
             return
         after = self.observe_target()
+        self.target_obs = after
         changed = _differences(before, after)
         if changed:
+            if refused:
+                self._out_of_scope_unless_judged(step, "refused it with side effects")
             raise self.fail(
                 name,
                 f"{step.describe()} changed {', '.join(changed)} "
                 f"({_describe_difference(changed[0], before, after)})",
-                target_view=after.view(),
             )
 
     def _expect_refusal(self, step: Step, refusal: Refused) -> None:
-        before = self.observe_target()
+        if refusal.reason in UNTRUSTED_INPUT:
+            raise OutsideScope(
+                len(self.steps),
+                f"{step.describe()} passes hits get_computed_blocks does not return "
+                f"({refusal.message}); the protocol never sends those",
+            )
+        # The last observation is the state before this step (nothing ran since).
+        before = self.target_obs or self.observe_target()
         try:
             _call_target(self.target, step)
         except Exception:  # noqa: BLE001 - the expected outcome
-            self._expect_unchanged(step, before, "refusal-changes-nothing")
+            self._expect_unchanged(step, before, "refusal-changes-nothing", refused=True)
             return
+        self.target_obs = self._observe_safely()
+        self._out_of_scope_unless_judged(step, "accepted it")
         raise self.fail(
             "refuses-bad-input",
             f"{step.describe()} must be refused ({refusal.reason}: {refusal.message}), "
             "but the target accepted it",
         )
+
+    def _out_of_scope_unless_judged(self, step: Step, what_target_did: str) -> None:
+        if not self.judge_bad_input:
+            raise OutsideScope(
+                len(self.steps),
+                f"{step.describe()} is refused by the spec and the target {what_target_did}; "
+                "this run does not check bad input",
+            )
 
     def _compare_result(self, step: Step, spec_result: Any, target_result: Any) -> None:
         if step.op == "get_computed_blocks":
@@ -514,26 +630,13 @@ class ManagerDriver:
         target: Observation | None = None,
         spec_obs: Observation | None = None,
     ) -> None:
-        """Every pool and manager invariant, on the target's observations and the spec's."""
+        """Every pool and manager invariant, on the spec's own state, then on the target's
+        observations."""
         facts = facts or _StepFacts()
         target = target or self.observe_target()
         spec_obs = spec_obs or self.observe_spec(facts.allocated)
-        self.last_target_view = target.view()
-        target_pools = _with_allocated(target.pool, facts.allocated, target.tables,
-                                       target.hashes)
-        for name, inv in INVARIANTS.items():
-            if self.on_check:
-                self.on_check(name)
-            broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
-            if broken:
-                raise self.fail(name, "target: " + "; ".join(broken))
+        self.target_obs = target
         target_snap, spec_snap = self._snapshots(target, spec_obs, facts)
-        for name, minv in mi.MANAGER_INVARIANTS.items():
-            if self.on_check:
-                self.on_check(name)
-            broken = minv.check(target_snap)
-            if broken:
-                raise self.fail(name, "target: " + "; ".join(broken))
         plain, masked = _with_allocated(spec_obs.pool, facts.allocated, spec_obs.tables,
                                         spec_obs.hashes)
         spec_broken = {
@@ -543,7 +646,22 @@ class ManagerDriver:
         }
         if spec_broken:
             name, msgs = next(iter(spec_broken.items()))
-            raise self.fail(f"spec:{name}", "the spec itself breaks it: " + "; ".join(msgs))
+            raise self.fail(f"spec:{name}", "the spec itself breaks it: " + "; ".join(msgs),
+                            spec_error=True)
+        target_pools = _with_allocated(target.pool, facts.allocated, target.tables,
+                                       target.hashes)
+        for name, inv in INVARIANTS.items():
+            if self.on_check:
+                self.on_check(name)
+            broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
+            if broken:
+                raise self.fail(name, "target: " + "; ".join(broken))
+        for name, minv in mi.MANAGER_INVARIANTS.items():
+            if self.on_check:
+                self.on_check(name)
+            broken = minv.check(target_snap)
+            if broken:
+                raise self.fail(name, "target: " + "; ".join(broken))
 
     def compare_observations(
         self, target: Observation | None = None, spec: Observation | None = None
@@ -566,6 +684,14 @@ class _Effect:
     def apply_to_requests(self) -> None:
         if self.then is not None:
             self.then()
+
+
+def _copy_request(request: Request) -> Request:
+    """An independent copy of a spec request (its hashes are copied, not recomputed)."""
+    twin = copy.copy(request)
+    twin.output_token_ids = list(request.output_token_ids)
+    twin.block_hashes = list(request.block_hashes)
+    return twin
 
 
 def _parents(hashes: dict[str, tuple[bytes, ...]]) -> dict[bytes, bytes | None]:
@@ -636,13 +762,25 @@ def _call_target(target: ManagerTarget, step: Step) -> Any:
     raise ValueError(f"unknown manager operation {op!r}")
 
 
+def start_driver(
+    factory: Callable[..., ManagerTarget],
+    config: ManagerConfig,
+    *,
+    on_check: Callable[[str], None] | None = None,
+    judge_bad_input: bool = True,
+) -> ManagerDriver:
+    """A driver over a fresh target, its fresh state already judged."""
+    driver = ManagerDriver(factory, config, on_check=on_check, judge_bad_input=judge_bad_input)
+    driver.check()
+    driver.compare_observations()
+    return driver
+
+
 def replay_steps(
     factory: Callable[..., ManagerTarget], config: ManagerConfig, steps: Sequence[Step]
 ) -> ManagerDriver:
-    """Run ``steps`` through a fresh driver; raises ManagerDivergence at the first one."""
-    driver = ManagerDriver(factory, config)
-    driver.check()
-    driver.compare_observations()
+    """Run ``steps`` through a fresh driver; raises Divergence at the first disagreement."""
+    driver = start_driver(factory, config)
     for step in steps:
         driver.apply(step)
     return driver

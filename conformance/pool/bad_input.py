@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvspec.conformance.pool.driver import TARGET_STEPS, PoolConfig, PoolDriver, _differences, _view
+from kvspec.conformance.pool.driver import TARGET_STEPS, PoolConfig, PoolDriver, differences, view
 from kvspec.conformance.pool.protocol import PoolTarget
 from kvspec.conformance.trace import Step
 from kvspec.spec.invariants import check_all
@@ -91,10 +91,10 @@ def probe(
         after = driver.observe_target()
     except Exception as exc:  # noqa: BLE001 - a target broken beyond observing
         return ProbeResult(name, step, outcome, {"observation": ("ok", repr(exc))})
-    old, new = _view(before), _view(after)
+    old, new = view(before), view(after)
     changed = {
         what: (old.get(what, "-"), new.get(what, "-"))
-        for what in _differences(before, after, compare_queue=True)
+        for what in differences(before, after, compare_queue=True)
     }
     broken = sorted(check_all(after))
     return ProbeResult(name, step, outcome, changed, broken)

@@ -1,34 +1,42 @@
-"""Drive the spec and a target in lockstep, one pool operation at a time.
+"""Drive the spec and a pool target in lockstep, one pool operation at a time.
 
-Both the Hypothesis machine and ``kvspec replay`` go through :class:`PoolDriver`: the
-machine decides *which* step to take, the driver takes it on both sides and judges the
-outcome. So a trace replayed from a file is judged exactly as it was when it was found.
+Every engine goes through :class:`PoolDriver`: an engine decides *which* step to take, the
+driver takes it on both sides and judges it. So a trace replayed from a file is judged
+exactly as it was when it was found.
 
-After each step the driver:
+After each step, in this order:
 
-1. checks that the target refused exactly when the spec refused, and that a refused
-   step changed no observation of the target;
-2. compares return values (ids handed out, lookups, reset results);
-3. runs every spec invariant on the target's observations (a target bug is reported by
-   the rule it breaks) and on the spec's own state (a spec bug, should it happen);
-4. compares every observation of the target with the spec's.
+1. the target refused exactly when the spec refused, and a refused step changed no
+   observation of the target;
+2. every spec invariant holds on the *spec's own state*. One that holds after any sequence
+   and breaks is a spec error (``spec:NAME``), never blamed on the target. One that assumes
+   a usage discipline (``eviction-order``) and breaks shows that the sequence left that
+   discipline: from then on that invariant is *waived* (not checked, on either side, and
+   the report says since when), and everything else is still judged;
+3. every spec invariant holds on the target's observations (a target bug is reported by the
+   rule it breaks);
+4. return values agree (ids handed out, lookups, fork and reset results);
+5. every observation of the target equals the spec's.
 
 In ``strict`` mode the target must make exactly the spec's choices. In ``abstract`` mode
-the target may hand out any free block: the spec adopts the choice when it is one the
-spec allows, and queue order is not compared.
+the target may hand out any free block: the spec adopts the choice when it is one the spec
+allows, and queue order is not compared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import copy
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from kvspec.conformance.level import copy_target
+from kvspec.conformance.outcome import Divergence, Outcome, OutsideScope
 from kvspec.conformance.pool.protocol import PoolTarget
-from kvspec.conformance.trace import Step, Trace
+from kvspec.conformance.trace import Step
 from kvspec.spec import pool as sp
 from kvspec.spec.errors import Refused
-from kvspec.spec.invariants import INVARIANTS, PoolSnapshot, check_all, snapshot
+from kvspec.spec.invariants import INVARIANTS, PoolSnapshot, snapshot
 from kvspec.spec.profiles import get_profile
 
 MODES = ("strict", "abstract")
@@ -57,30 +65,6 @@ class PoolConfig:
             enable_caching=bool(data.get("enable_caching", True)),
             profile=str(data.get("profile", "current")),
             mode=str(data.get("mode", "strict")),
-        )
-
-
-@dataclass
-class Divergence(AssertionError):
-    """The target and the spec disagree. ``caught_by`` names the invariant or observation."""
-
-    caught_by: str
-    message: str
-    step_index: int
-    steps: list[Step]
-    config: PoolConfig
-    spec_view: dict[str, Any] = field(default_factory=dict)
-    target_view: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"[{self.caught_by}] {self.message}"
-
-    def trace(self) -> Trace:
-        return Trace(
-            level="pool",
-            config=self.config.to_json(),
-            steps=list(self.steps),
-            note=f"caught by {self.caught_by}: {self.message}",
         )
 
 
@@ -117,7 +101,8 @@ def observe(
     )
 
 
-def _view(snap: PoolSnapshot) -> dict[str, Any]:
+def view(snap: PoolSnapshot) -> dict[str, Any]:
+    """A snapshot as the report shows it."""
     return {
         "ref_cnt": list(snap.ref_cnt),
         "block_hash": [None if h is None else h.decode(errors="replace") for h in snap.block_hash],
@@ -127,21 +112,12 @@ def _view(snap: PoolSnapshot) -> dict[str, Any]:
     }
 
 
-# Each operation: how to run it on the spec (with the target's choice in abstract mode)
-# and on the target. The spec functions raise Refused before any change.
+# Each operation on the spec (with the target's choice of blocks in abstract mode) and on
+# the target. The spec functions raise Refused before any change.
 SpecStep = Callable[[sp.PoolState, dict[str, Any], Any], Any]
 
-
-def _spec_get_new_blocks(s: sp.PoolState, a: dict[str, Any], choice: Any) -> Any:
-    return sp.get_new_blocks(s, a["num_blocks"], choice)
-
-
-def _spec_fork_block(s: sp.PoolState, a: dict[str, Any], choice: Any) -> Any:
-    return sp.fork_block(s, a["block_id"], choice)
-
-
 SPEC_STEPS: dict[str, SpecStep] = {
-    "get_new_blocks": _spec_get_new_blocks,
+    "get_new_blocks": lambda s, a, choice: sp.get_new_blocks(s, a["num_blocks"], choice),
     "touch": lambda s, a, _c: sp.touch(s, a["block_ids"]),
     "free_blocks": lambda s, a, _c: sp.free_blocks(s, a["block_ids"]),
     "cache_block": lambda s, a, _c: sp.cache_block(
@@ -149,7 +125,7 @@ SPEC_STEPS: dict[str, SpecStep] = {
     ),
     "get_cached_block": lambda s, a, _c: sp.get_cached_block(s, a["block_hash"]),
     "reset_prefix_cache": lambda s, _a, _c: sp.reset_prefix_cache(s),
-    "fork_block": _spec_fork_block,
+    "fork_block": lambda s, a, choice: sp.fork_block(s, a["block_id"], choice),
 }
 
 TARGET_STEPS: dict[str, Callable[[PoolTarget, dict[str, Any]], Any]] = {
@@ -162,17 +138,17 @@ TARGET_STEPS: dict[str, Callable[[PoolTarget, dict[str, Any]], Any]] = {
     "fork_block": lambda t, a: t.fork_block(a["block_id"]),
 }
 
-
-@dataclass
-class Outcome:
-    """What one step did: the spec's result, or the refusal both sides agreed on."""
-
-    result: Any = None
-    refused: Refused | None = None
+#: Operations that hand out blocks: in abstract mode the target picks which.
+CHOOSING_OPS = frozenset({"get_new_blocks", "fork_block"})
 
 
 class PoolDriver:
-    """Runs steps on the spec and a target together and judges every one."""
+    """Runs steps on the spec and a target together and judges every one.
+
+    ``judge_bad_input=False`` (a run that does not check bad input) turns a step the spec
+    refuses but the target accepts, or refuses with side effects, into
+    :class:`~kvspec.conformance.outcome.OutsideScope` instead of a divergence.
+    """
 
     def __init__(
         self,
@@ -180,6 +156,7 @@ class PoolDriver:
         config: PoolConfig,
         *,
         on_check: Callable[[str], None] | None = None,
+        judge_bad_input: bool = True,
     ) -> None:
         if config.mode not in MODES:
             raise ValueError(f"unknown mode {config.mode!r}; expected one of {MODES}")
@@ -194,7 +171,12 @@ class PoolDriver:
         self.steps: list[Step] = []
         self.known_hashes: list[bytes] = []
         self.on_check = on_check
-        self.last_target_view: dict[str, Any] = {}
+        self.judge_bad_input = judge_bad_input
+        self.target_snap: PoolSnapshot | None = None
+        self._state_key: Hashable | None = None
+        self.waived: dict[str, str] = {}
+        """Invariants no longer checked, each with why: the sequence left the usage
+        discipline they assume."""
 
     @property
     def strict(self) -> bool:
@@ -202,15 +184,21 @@ class PoolDriver:
 
     # ------------------------------------------------------------------ helpers
 
-    def fail(self, caught_by: str, message: str, **views: Any) -> Divergence:
+    def fail(self, caught_by: str, message: str, *, spec_error: bool = False,
+             target_view: dict[str, Any] | None = None) -> Divergence:
+        """A divergence at the current step, both sides shown after it."""
+        if target_view is None:
+            target_view = view(self.target_snap) if self.target_snap else {}
         return Divergence(
             caught_by=caught_by,
             message=message,
-            step_index=len(self.steps),
-            steps=list(self.steps),
+            level="pool",
             config=self.config,
-            spec_view=views.get("spec_view", _view(snapshot(self.spec))),
-            target_view=views.get("target_view", self.last_target_view),
+            steps=list(self.steps),
+            spec_view=view(snapshot(self.spec)),
+            target_view=target_view,
+            spec_error=spec_error,
+            waived=dict(self.waived),
         )
 
     def observe_target(self, allocated: dict[int, int] | None = None) -> PoolSnapshot:
@@ -230,10 +218,32 @@ class PoolDriver:
         if isinstance(h, bytes) and h not in self.known_hashes:
             self.known_hashes.append(h)
 
+    def clone(self) -> PoolDriver:
+        """An independent copy: spec, target (:func:`~kvspec.conformance.level.copy_target`)
+        and the steps so far."""
+        twin = copy.copy(self)
+        twin.spec = self.spec.clone()
+        twin.target = copy_target(self.target)
+        twin.steps = list(self.steps)
+        twin.known_hashes = list(self.known_hashes)
+        twin.waived = dict(self.waived)
+        return twin
+
+    def state_key(self) -> Hashable:
+        """The spec's state and the target's last observation (lookups included)."""
+        if self._state_key is None:
+            snap = self.target_snap
+            assert snap is not None, "state_key before the first check"
+            target = (snap.ref_cnt, snap.block_hash, snap.free_queue, snap.num_free_blocks,
+                      round(snap.usage, 9), tuple(sorted(snap.index.items())))
+            self._state_key = (self.spec.key(), tuple(sorted(self.waived)), target)
+        return self._state_key
+
     # ------------------------------------------------------------------ one step
 
     def apply(self, step: Step) -> Outcome:
         """Take ``step`` on both sides, then check everything. Raises Divergence."""
+        self._state_key = None
         self._remember_hash(step)
         trial = self.spec.clone()
         try:
@@ -248,21 +258,47 @@ class PoolDriver:
         try:
             target_result = TARGET_STEPS[step.op](self.target, step.args)
         except Exception as exc:  # noqa: BLE001 - any exception is a refusal
+            self.target_snap = self._observe_safely()
+            self.spec = trial
             raise self.fail(
                 "refused-legal-operation",
                 f"{step.describe()} is legal, but the target raised "
                 f"{type(exc).__name__}: {exc}",
             ) from None
 
-        if self.strict or step.op not in ("get_new_blocks", "fork_block"):
+        if self.strict or step.op not in CHOOSING_OPS:
             self.spec = trial
         else:
             spec_result = self._adopt_choice(step, target_result)
         handed = spec_result if self.strict else target_result
         allocated = self._allocated(step, handed, ref_before)
-        self._compare_result(step, spec_result, target_result)
-        self.check(allocated)
+        self.check(allocated, step=step, results=(spec_result, target_result))
         return Outcome(result=spec_result)
+
+    def judge_refusal_in_place(self, step: Step) -> bool:
+        """If the spec refuses ``step``: judge the target's refusal here, without keeping
+        the step (a correct target is left as it was), and return True. False when the spec
+        accepts it (nothing done). Only in runs that judge bad input: elsewhere a target
+        accepting it would be left changed."""
+        if not self.judge_bad_input:
+            return False
+        try:
+            SPEC_STEPS[step.op](self.spec.clone(), step.args, None)
+        except Refused as refusal:
+            self.steps.append(step)
+            try:
+                self._expect_refusal(step, refusal)
+            finally:
+                self.steps.pop()
+            return True
+        return False
+
+    def _observe_safely(self) -> PoolSnapshot | None:
+        """The target's observations, or None when it is too broken to be observed."""
+        try:
+            return self.observe_target()
+        except Exception:  # noqa: BLE001 - a broken target is itself the finding
+            return None
 
     def _adopt_choice(self, step: Step, target_result: Any) -> Any:
         """Abstract mode: accept the target's pick of free blocks if the spec allows it."""
@@ -272,6 +308,7 @@ class PoolDriver:
         try:
             return SPEC_STEPS[step.op](self.spec, step.args, choice)
         except Refused as refusal:
+            self.target_snap = self._observe_safely()
             raise self.fail(
                 "no-double-allocation",
                 f"{step.describe()}: the target handed out {target_result}, which the spec "
@@ -286,35 +323,42 @@ class PoolDriver:
             ids = [handed]
         else:
             return {}
-        return {b: ref_before[b] for b in ids if 0 <= b < len(ref_before)}
+        return {b: ref_before[b] for b in ids if isinstance(b, int) and 0 <= b < len(ref_before)}
 
     def _expect_refusal(self, step: Step, refusal: Refused) -> None:
-        before = self.observe_target()
+        # The last observation is the state before this step (nothing ran since); the
+        # first step of a driver never checked has none yet.
+        before = self.target_snap or self.observe_target()
         try:
             TARGET_STEPS[step.op](self.target, step.args)
         except Exception:  # noqa: BLE001 - the expected outcome
             after = self.observe_target()
-            changed = _differences(before, after, compare_queue=True)
+            self.target_snap = after
+            changed = differences(before, after, compare_queue=True)
             if changed:
+                self._out_of_scope_unless_judged(step, "refused it with side effects")
                 raise self.fail(
                     "refusal-changes-nothing",
                     f"{step.describe()} was refused, but it changed {', '.join(changed)}",
-                    target_view=_view(after),
                 ) from None
             return
+        self.target_snap = self._observe_safely()
+        self._out_of_scope_unless_judged(step, "accepted it")
         raise self.fail(
             "refuses-bad-input",
             f"{step.describe()} must be refused ({refusal.reason}: {refusal.message}), "
             "but the target accepted it",
-            target_view=self._view_after_accepting(),
+            target_view=view(self.target_snap) if self.target_snap else
+            {"observation failed": "the target cannot be observed after accepting it"},
         )
 
-    def _view_after_accepting(self) -> dict[str, Any]:
-        """What the target looks like after accepting bad input (it may be too broken to say)."""
-        try:
-            return _view(self.observe_target())
-        except Exception as exc:  # noqa: BLE001 - a broken target is itself the finding
-            return {"observation failed": f"{type(exc).__name__}: {exc}"}
+    def _out_of_scope_unless_judged(self, step: Step, what_target_did: str) -> None:
+        if not self.judge_bad_input:
+            raise OutsideScope(
+                len(self.steps),
+                f"{step.describe()} is refused by the spec and the target {what_target_did}; "
+                "this run does not check bad input",
+            )
 
     def _compare_result(self, step: Step, spec_result: Any, target_result: Any) -> None:
         if step.op == "get_new_blocks":
@@ -337,12 +381,9 @@ class PoolDriver:
                     f"target {target_result}",
                 )
         elif step.op == "get_cached_block":
-            if self.strict and target_result != spec_result:
-                raise self.fail(
-                    "lookup-result",
-                    f"{step.describe()}: spec finds {spec_result}, target {target_result}",
-                )
-            if (target_result is None) != (spec_result is None):
+            if (self.strict and target_result != spec_result) or (
+                (target_result is None) != (spec_result is None)
+            ):
                 raise self.fail(
                     "lookup-result",
                     f"{step.describe()}: spec finds {spec_result}, target {target_result}",
@@ -355,27 +396,56 @@ class PoolDriver:
 
     # ------------------------------------------------------------------ checking
 
-    def check(self, allocated: dict[int, int] | None = None) -> None:
-        """Invariants on both sides, then every observation compared."""
-        target_snap = self.observe_target(allocated)
-        self.last_target_view = _view(target_snap)
+    def check(
+        self,
+        allocated: dict[int, int] | None = None,
+        *,
+        step: Step | None = None,
+        results: tuple[Any, Any] | None = None,
+    ) -> None:
+        """The spec's invariants, the target's, the step's results, then every observation."""
+        self.target_snap = target_snap = self.observe_target(allocated)
         spec_snap = snapshot(self.spec, allocated, check_queue_order=self.strict)
+        self.check_spec(spec_snap)
+        differ = differences(spec_snap, target_snap, compare_queue=self.strict)
         for name, inv in INVARIANTS.items():
+            if name in self.waived:
+                continue
             if self.on_check:
                 self.on_check(name)
+            # In strict mode, observations equal to the spec's (which holds every invariant,
+            # just checked) hold them too: run them only to name what differs.
+            if not differ and self.strict:
+                continue
             broken = inv.check(target_snap)
             if broken:
                 raise self.fail(name, "target: " + "; ".join(broken))
-        spec_broken = check_all(spec_snap)
-        if spec_broken:
-            name, msgs = next(iter(spec_broken.items()))
-            raise self.fail(f"spec:{name}", "the spec itself breaks it: " + "; ".join(msgs))
-        for what in _differences(spec_snap, target_snap, compare_queue=self.strict):
+        if step is not None and results is not None:
+            self._compare_result(step, *results)
+        for what in differ:
             raise self.fail(
                 what,
                 f"{what} differs: spec {_field(spec_snap, what)!r}, "
                 f"target {_field(target_snap, what)!r}",
             )
+
+    def check_spec(self, spec_snap: PoolSnapshot) -> None:
+        """The spec's own invariants, first: a broken one is the spec's, not the target's
+        (or, for one that assumes a usage discipline, a sign the sequence left it)."""
+        for name, inv in INVARIANTS.items():
+            if name in self.waived:
+                continue
+            broken = inv.check(spec_snap)
+            if not broken:
+                continue
+            if inv.assumes is not None:
+                self.waived[name] = (
+                    f"since step {len(self.steps)}, which leaves the usage discipline it "
+                    f"assumes ({inv.assumes}): {'; '.join(broken)}"
+                )
+                continue
+            raise self.fail(f"spec:{name}", "the spec itself breaks it: " + "; ".join(broken),
+                            spec_error=True)
 
 
 def _field(snap: PoolSnapshot, what: str) -> Any:
@@ -384,7 +454,7 @@ def _field(snap: PoolSnapshot, what: str) -> Any:
     return getattr(snap, what)
 
 
-def _differences(a: PoolSnapshot, b: PoolSnapshot, *, compare_queue: bool) -> list[str]:
+def differences(a: PoolSnapshot, b: PoolSnapshot, *, compare_queue: bool) -> list[str]:
     """Observation names on which two snapshots disagree (simplest first)."""
     out: list[str] = []
     if a.ref_cnt != b.ref_cnt:
@@ -406,12 +476,24 @@ def _differences(a: PoolSnapshot, b: PoolSnapshot, *, compare_queue: bool) -> li
     return out
 
 
+def start_driver(
+    factory: Callable[..., PoolTarget],
+    config: PoolConfig,
+    *,
+    on_check: Callable[[str], None] | None = None,
+    judge_bad_input: bool = True,
+) -> PoolDriver:
+    """A driver over a fresh target, its fresh state already judged."""
+    driver = PoolDriver(factory, config, on_check=on_check, judge_bad_input=judge_bad_input)
+    driver.check()
+    return driver
+
+
 def replay_steps(
     factory: Callable[..., PoolTarget], config: PoolConfig, steps: Sequence[Step]
 ) -> PoolDriver:
     """Run ``steps`` through a fresh driver; raises Divergence at the first disagreement."""
-    driver = PoolDriver(factory, config)
-    driver.check()
+    driver = start_driver(factory, config)
     for step in steps:
         driver.apply(step)
     return driver

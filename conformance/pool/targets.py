@@ -43,6 +43,7 @@ OPERATIONS: frozenset[str] = frozenset(
 #: Short names :func:`load_factory` understands besides ``module.path:attr``.
 BUILTIN_TARGETS: dict[str, str] = {
     "impl": "kvspec.conformance.pool.targets:impl_pool_factory",
+    "spec": "kvspec.conformance.pool.spec_target:spec_pool_factory",
     "vllm": "kvspec.conformance.upstream.vllm_pool:vllm_pool_factory",
 }
 
