@@ -61,11 +61,17 @@ def _stop_at_first_step(op: str, **args: Any) -> Outcome:
 
 @dataclass(frozen=True)
 class Domain:
-    """The values one move argument takes: ``strategy`` for the random engine, ``values``
-    (a tuple, or a function of the harness) for the exhaustive engine."""
+    """The values one move argument takes.
+
+    ``strategy`` is how the random engine draws it. ``uniform`` instead has it pick one of
+    these values with equal chances (Hypothesis favours the simplest values, which is right
+    for sizes and indices but not for a choice among kinds of bad input). ``values`` (a
+    tuple, or a function of the harness) is the small set an exhaustive exploration takes.
+    """
 
     strategy: SearchStrategy[Any] | None = None
     values: Sequence[Any] | Callable[[Any], Iterable[Any]] = ()
+    uniform: Sequence[Any] = ()
 
     def small_values(self, harness: Any) -> Iterable[Any]:
         return self.values(harness) if callable(self.values) else self.values
@@ -183,7 +189,10 @@ class Harness:
         stats.rules[self.current_move] += 1
         if self.recorder.on_step:
             self.recorder.on_step()
-        self.last_outcome = self.driver.apply(Step(op, dict(args)))
+        # The step is recorded as it is now: a list the harness keeps (a table) and changes
+        # later must not change the recorded step, or the trace would not replay.
+        frozen = {k: list(v) if isinstance(v, list) else v for k, v in args.items()}
+        self.last_outcome = self.driver.apply(Step(op, frozen))
         return self.last_outcome
 
     def note(self, situation: str) -> None:

@@ -56,15 +56,19 @@ def format_failure(failure: Divergence, *, how_minimal: str = "") -> str:
     if failure.detail:
         calls = "\n".join(f"         {s.describe()}" for s in failure.detail[-6:])
         detail = f"\n  calls made by the last step (latest last):\n{calls}"
-    label = f"{how_minimal} sequence" if how_minimal else "sequence"
+    label = f"sequence, {how_minimal}" if how_minimal else "sequence"
     waived = "".join(f"\nnot checked: {name}, {why}" for name, why in failure.waived.items())
     return (
         f"{head}\n"
         f"{failure.message}{waived}\n\n"
-        f"{label} ({n} steps, {failure.level} level, config {failure.config.to_json()}):\n"
+        f"{label} ({count_steps(n)}, {failure.level} level, config {failure.config.to_json()}):\n"
         f"{format_steps(failure)}{detail}\n\n"
         f"{views}"
     )
+
+
+def count_steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def pytest_function(failure: Divergence, target: str) -> str:

@@ -107,7 +107,7 @@ def how_minimal(result: CheckResult) -> str:
     words = "1-minimal"
     e = result.exhaustive
     if result.found_by == "exhaustive" and e is not None and len(failure.steps) == e.depth + 1:
-        words += ", shortest within the exhaustive search,"
+        words += ", shortest in the exhaustive search"
     return words
 
 
@@ -157,7 +157,7 @@ def run_level(args: argparse.Namespace, level: str) -> int:
     """Check one level; print its summary and, on failure, the report. Exit status."""
     from kvspec.conformance.engines.pipeline import run_check
     from kvspec.conformance.levels import get_level
-    from kvspec.conformance.report import format_failure, write_failure
+    from kvspec.conformance.report import count_steps, format_failure, write_failure
 
     lv = get_level(level)
     factory = lv.load_factory(args.target)
@@ -187,7 +187,8 @@ def run_level(args: argparse.Namespace, level: str) -> int:
     if result.failure is None:
         print("PASS: no divergence from the spec")
         return 0
-    found = f" (found by the {result.found_by} engine in {result.found_length} steps)"
+    found = (f" (found by the {result.found_by} engine, "
+             f"{count_steps(result.found_length or 0)} before minimizing)")
     print("\nFAIL" + found + "\n" + format_failure(result.failure,
                                                    how_minimal=how_minimal(result)))
     trace_path, test_path = write_failure(result.failure, args.target, args.out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvspec.conformance.engines.pipeline import CheckResult
 from kvspec.conformance.engines.settings import SETTINGS_PROFILES
@@ -39,6 +39,8 @@ class KillRow:
     the depth d it completed."""
     length: int | None
     """The reported (1-minimal) trace's length."""
+    result: CheckResult | None = field(default=None, repr=False)
+    """The whole check result (its failure, its exhaustive search)."""
 
     @classmethod
     def from_result(cls, name: str, level: str, result: CheckResult) -> KillRow:
@@ -60,6 +62,7 @@ class KillRow:
             seconds=result.seconds,
             exhaustive=shortest,
             length=len(failure.steps) if failure else None,
+            result=result,
         )
 
 

@@ -55,9 +55,12 @@ class ExhaustiveResult:
     def describe(self) -> str:
         sizes = sorted({c.num_blocks for c in self.configs})
         where = f"{sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else f"{sizes[0]}"
-        tail = " (every reachable state)" if self.complete else ""
-        return (f"exhaustive to depth {self.depth} at {where} blocks: {self.states:,} states, "
-                f"{self.transitions:,} steps judged{tail}")
+        counts = f"{self.states:,} states, {self.transitions:,} steps judged"
+        if self.failure is not None:
+            return (f"exhaustive at {where} blocks: a failure at depth {self.depth + 1}, "
+                    f"every shorter sequence judged first ({counts})")
+        tail = ", every reachable state" if self.complete else ""
+        return f"exhaustive to depth {self.depth} at {where} blocks: {counts}{tail}"
 
 
 def _arguments(m: Move, harness: Harness) -> Iterator[dict[str, Any]]:

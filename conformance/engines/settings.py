@@ -24,9 +24,9 @@ class Effort:
 
 
 SETTINGS_PROFILES: dict[str, Effort] = {
-    "dev": Effort(max_examples=150, steps=40, exhaustive_seconds=4.0),
-    "ci": Effort(max_examples=300, steps=50, exhaustive_seconds=8.0),
-    "thorough": Effort(max_examples=3000, steps=80, exhaustive_seconds=60.0),
+    "dev": Effort(max_examples=150, steps=40, exhaustive_seconds=3.0),
+    "ci": Effort(max_examples=300, steps=50, exhaustive_seconds=5.0),
+    "thorough": Effort(max_examples=3000, steps=80, exhaustive_seconds=20.0),
 }
 
 

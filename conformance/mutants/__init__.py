@@ -9,22 +9,11 @@ names its twin (``kvspec prove --mutant NAME``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from kvspec.conformance.mutants import pool as pool_mutants
-from kvspec.conformance.pool.protocol import PoolTarget
+from kvspec.conformance.mutants.manager import MANAGER_MUTANTS
+from kvspec.conformance.mutants.store_zoo import STORE_MUTANTS
+from kvspec.conformance.mutants.zoo import MUTANTS, Mutant, register
 from kvspec.conformance.pool.targets import impl_factory_for
-
-
-@dataclass(frozen=True)
-class Mutant:
-    name: str
-    level: str
-    factory: Callable[..., PoolTarget]
-    summary: str
-    profile: str = "current"
-    symbolic: str | None = None
 
 
 def _pool(name: str, cls: type, *, symbolic: bool = True, profile: str = "current") -> Mutant:
@@ -59,26 +48,18 @@ POOL_MUTANTS: list[Mutant] = [
     _pool("collapse-duplicate-hash", pool_mutants.DuplicateHashCollapsed),
     _pool("touch-counts-null", pool_mutants.TouchCountsNull),
     _pool("all-frees-appended", pool_mutants.AllFreedBlocksAppended),
+    _pool("evict-drops-every-copy", pool_mutants.EvictionDropsEveryCopy, symbolic=False),
+    _pool("evict-pops-wrong-copy", pool_mutants.EvictionPopsTheWrongCopy, symbolic=False),
+    _pool("touch-revives-in-place", pool_mutants.TouchRevivesInPlace, symbolic=False),
+    _pool("fork-copies-the-hash", pool_mutants.ForkCopiesTheHash, symbolic=False),
+    _pool("fork-uncaches-the-original", pool_mutants.ForkUncachesTheOriginal, symbolic=False),
+    _pool("free-queues-repeats-twice", pool_mutants.FreeQueuesRepeatsTwice, symbolic=False),
 ]
 
-MUTANTS: dict[str, Mutant] = {m.name: m for m in POOL_MUTANTS}
-
-
-def register(mutants: list[Mutant]) -> None:
-    """Add mutants of another level (manager, store) to the zoo."""
-    for m in mutants:
-        if m.name in MUTANTS:
-            raise ValueError(f"mutant {m.name!r} is registered twice")
-        MUTANTS[m.name] = m
-
-# The manager level's mutants (conformance/mutants/manager.py) build their Mutant records
-# from the class above, so they join the zoo once it exists.
-from kvspec.conformance.mutants.manager import MANAGER_MUTANTS  # noqa: E402
+register(POOL_MUTANTS)
 
 register(MANAGER_MUTANTS)
-
-# The content level's store mutants (conformance/mutants/store_zoo.py). Their classes need
-# torch and load only when a content check runs them.
-from kvspec.conformance.mutants.store_zoo import STORE_MUTANTS  # noqa: E402
-
+# The store mutants' classes need torch: they load only when a content check runs them.
 register(STORE_MUTANTS)
+
+__all__ = ["MUTANTS", "Mutant", "register"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvspec.conformance.manager.targets import manager_factory_for
+from kvspec.conformance.mutants.zoo import Mutant
 from kvspec.impl.block import BlockHash, KVCacheBlock
 from kvspec.impl.kv_cache_manager import KVCacheManager, cdiv
 from kvspec.impl.kv_cache_utils import (
@@ -196,6 +197,20 @@ class NewBlocksBeforeTouch(_AllocationMutant):
         return new_blocks
 
 
+class FreeKeepsCachedCount(KVCacheManager):
+    """``free`` releases the table but forgets to drop the request's cached-block count.
+
+    A preempted request that comes back is then taken for a running one with blocks
+    already cached: its hits are refused or its first blocks are never hashed again.
+    """
+
+    def free(self, request: Request) -> None:
+        req_id = request.request_id
+        blocks = self.req_to_blocks.pop(req_id, [])
+        self._pending_lookups.pop(req_id, None)
+        self.block_pool.free_blocks(list(reversed(blocks)))
+
+
 class ForwardOrderFree(KVCacheManager):
     """``free`` releases the table head first: the shared prefix is evicted before its tails.
 
@@ -289,6 +304,24 @@ class PartialBlockCached(_HasherMutant):
         self.num_cached_block[req_id] = num_full
 
 
+def _untagged_keys(
+    request: Request, start: int, end: int, profile: str
+) -> tuple[Any, ...] | None:
+    return generate_block_hash_extra_keys(request, start, end, profile="classic")
+
+
+class ExtraKeysUntagged(_HasherMutant):
+    """``current`` profile, but extra keys go in bare, as in ``classic``: a LoRA adapter
+    named ``x`` and a tenant salted ``x`` give their first blocks the same key.
+
+    Two tenants' prefixes then hit each other (upstream tagged the keys by kind for this).
+    """
+
+    @staticmethod
+    def make_hasher(block_size: int, profile: str) -> Callable[[Request], list[BlockHash]]:
+        return _request_block_hasher(block_size, profile, extra_keys=_untagged_keys)
+
+
 def weak_hash(obj: Any) -> bytes:
     """One byte of SHA-256: 256 possible keys, so distinct prefixes collide."""
     return hashlib.sha256(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).digest()[:1]
@@ -308,9 +341,7 @@ class WeakHash(KVCacheManager):
 # --------------------------------------------------------------------------- the zoo
 
 
-def _mutants() -> list[Any]:
-    from kvspec.conformance.mutants import Mutant
-
+def _mutants() -> list[Mutant]:
     def manager(name: str, cls: type[KVCacheManager]) -> Mutant:
         return Mutant(
             name=name,
@@ -330,6 +361,8 @@ def _mutants() -> list[Any]:
         manager("partial-block-cached", PartialBlockCached),
         manager("weak-8-bit-hash", WeakHash),
         manager("stats-every-attempt", StatsCountedOnEveryAttempt),
+        manager("free-keeps-cached-count", FreeKeepsCachedCount),
+        manager("extra-keys-untagged", ExtraKeysUntagged),
     ]
 
 

@@ -191,3 +191,152 @@ class AllFreedBlocksAppended(BlockPool):
             super().free_blocks(ordered_blocks)
         finally:
             self._prepend_unhashed_on_free = split
+
+
+# --------------------------------------------------------------------------- several
+# blocks under one hash, eviction of one of them, hits on evictable blocks, forks of
+# cached blocks: the situations where a pool's bookkeeping has the most cases.
+
+
+class _EvictEveryCopyMap(BlockHashToBlockMap):
+    """``pop`` drops the whole key, whichever block it names."""
+
+    def pop(self, key, block_id):  # type: ignore[no-untyped-def]
+        blocks = self._cache.pop(key, None)
+        if blocks is None:
+            return None
+        if isinstance(blocks, KVCacheBlock):
+            return blocks if blocks.block_id == block_id else None
+        return blocks.get(block_id)
+
+
+class EvictionDropsEveryCopy(BlockPool):
+    """Evicting one of several blocks cached under one hash drops the whole index entry.
+
+    The other copies keep their hash but no lookup finds them: cached content, held in
+    blocks, that can never be hit again. Models ``del index[key]`` where the index maps a
+    key to several blocks.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.cached_block_hash_to_block = _EvictEveryCopyMap()
+
+    def reset_prefix_cache(self) -> bool:
+        if not super().reset_prefix_cache():
+            return False
+        self.cached_block_hash_to_block = _EvictEveryCopyMap()
+        return True
+
+
+class _PopFirstCopyMap(BlockHashToBlockMap):
+    """``pop`` removes the oldest holder of the key, not the block it names."""
+
+    def pop(self, key, block_id):  # type: ignore[no-untyped-def]
+        blocks = self._cache.get(key)
+        if isinstance(blocks, dict) and blocks:
+            first = next(iter(blocks))
+            return super().pop(key, first)
+        return super().pop(key, block_id)
+
+
+class EvictionPopsTheWrongCopy(BlockPool):
+    """Evicting one of several copies of a hash unindexes the oldest copy instead.
+
+    The evicted block stays in the index while it is handed to a new owner: a lookup then
+    returns a block that holds other data. Models popping "a block for this key" rather than
+    "this block".
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.cached_block_hash_to_block = _PopFirstCopyMap()
+
+    def reset_prefix_cache(self) -> bool:
+        if not super().reset_prefix_cache():
+            return False
+        self.cached_block_hash_to_block = _PopFirstCopyMap()
+        return True
+
+
+class TouchRevivesInPlace(BlockPool):
+    """A hit on an evictable block marks it used but leaves its queue position, to spare
+    the unlink; when it is freed again it goes back to that old position.
+
+    The block is then evicted as if it had never been hit: LRU order is lost, and the
+    prefix a request just used is the next to go.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._revived: dict[int, int] = {}  # block id -> queue position before the hit
+
+    def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
+        queue = self.free_block_queue.get_all_free_blocks()
+        for block in blocks:
+            if block.ref_cnt == 0 and not block.is_null and block in queue:
+                self._revived[block.block_id] = queue.index(block)
+        super().touch(blocks)
+
+    def free_blocks(self, ordered_blocks: Iterable[KVCacheBlock]) -> None:
+        blocks = list(ordered_blocks)
+        super().free_blocks(blocks)
+        for block in blocks:
+            position = self._revived.pop(block.block_id, None)
+            if position is None or block.ref_cnt != 0:
+                continue
+            queue = [b for b in self.free_block_queue.get_all_free_blocks() if b is not block]
+            queue.insert(min(position, len(queue)), block)
+            for b in self.free_block_queue.get_all_free_blocks():
+                self.free_block_queue.remove(b)
+            self.free_block_queue.append_n(queue)
+
+
+class ForkCopiesTheHash(BlockPool):
+    """``fork_block`` of a cached block gives the copy the original's hash too.
+
+    The copy is about to be written (that is why it was forked), yet the index now serves
+    it for the original prefix. Models copying a block's metadata along with its data.
+    """
+
+    def fork_block(self, block: KVCacheBlock) -> KVCacheBlock:
+        new_block = super().fork_block(block)
+        if new_block is not block and block.block_hash is not None:
+            new_block.block_hash = block.block_hash
+            self.cached_block_hash_to_block.insert(block.block_hash, new_block)
+        return new_block
+
+
+class ForkUncachesTheOriginal(BlockPool):
+    """``fork_block`` of a cached block evicts the original: "it is being modified".
+
+    But the original is not modified (the copy is), and its other holders' prefix leaves
+    the cache while they still hold it: the next request with that prefix recomputes it.
+    """
+
+    def fork_block(self, block: KVCacheBlock) -> KVCacheBlock:
+        new_block = super().fork_block(block)
+        if new_block is not block:
+            self._maybe_evict_cached_block(block)
+        return new_block
+
+
+class FreeQueuesRepeatsTwice(BlockPool):
+    """``free_blocks`` decrements every listed block, then queues every listed block now at
+    ref count 0: a block listed twice (two requests sharing it, freed in one call) is queued
+    twice, and will be handed to two owners."""
+
+    def free_blocks(self, ordered_blocks: Iterable[KVCacheBlock]) -> None:
+        blocks = list(ordered_blocks)
+        counts: dict[int, int] = {}
+        for block in blocks:
+            counts[block.block_id] = counts.get(block.block_id, 0) + 1
+        if all(n == 1 for n in counts.values()) or any(
+            b.ref_cnt < counts[b.block_id] or b.is_null for b in blocks
+        ):
+            super().free_blocks(blocks)
+            return
+        for block in blocks:
+            block.ref_cnt -= 1
+        freed = [b for b in blocks if b.ref_cnt == 0]
+        self.free_block_queue.append_n(freed)

@@ -13,7 +13,7 @@ the zoo does not import torch; a test keeps the two in step.
 
 from __future__ import annotations
 
-from kvspec.conformance.mutants import MUTANTS, Mutant, register
+from kvspec.conformance.mutants.zoo import MUTANTS, Mutant, register
 from kvspec.conformance.pool.protocol import PoolFactory
 from kvspec.conformance.pool.targets import ImplPool
 

@@ -158,7 +158,7 @@ class PoolHarness(Harness):
 
     # -------------------------------------------------------------- moves
 
-    @move(content=NEW_CONTENT, weight=3, enabled=has_room)
+    @move(content=NEW_CONTENT, weight=2, enabled=has_room)
     def allocate(self, content: tuple[str, ...]) -> None:
         """A new request takes one fresh block per symbol of ``content`` (refused when fewer
         are free); the symbols are what it writes into them."""
@@ -175,7 +175,7 @@ class PoolHarness(Harness):
             t.blocks += got
             t.content += content
 
-    @move(index=INDEX, weight=4, enabled=has_tables)
+    @move(index=INDEX, weight=2, enabled=has_tables)
     def cache_next(self, index: int) -> None:
         """A request's next full block enters the prefix cache.
 
@@ -203,13 +203,13 @@ class PoolHarness(Harness):
             self.do("cache_block", block_id=block, block_hash=h, parent=parent)
             return
 
-    @move(index=INDEX, count=Domain(st.integers(1, MAX_TABLE)), weight=3, enabled=has_tables)
+    @move(index=INDEX, count=Domain(st.integers(1, MAX_TABLE)), weight=2, enabled=has_tables)
     def cache_full(self, index: int, count: int) -> None:
         """Up to ``count`` more full blocks of a request enter the prefix cache, in order."""
         for _ in range(count):
             self.cache_next(index)
 
-    @move(content=PREFIX, weight=4, enabled=has_room)
+    @move(content=PREFIX, weight=2, enabled=has_room)
     def hit(self, content: tuple[str, ...]) -> None:
         """A new request finds its prefix cached block by block and adopts the hits: one
         ``touch`` of every block of the longest cached chain."""
@@ -227,6 +227,47 @@ class PoolHarness(Harness):
             self.note("shared-prefix")
         self.do("touch", block_ids=found)
         self.tables.append(Table(found, list(content[: len(found)]), len(found)))
+
+    @move(content=PREFIX, weight=5, enabled=has_room)
+    def request(self, content: tuple[str, ...]) -> None:
+        """A request's whole prefill, as a scheduler runs it: adopt the longest cached
+        prefix of ``content``, take fresh blocks for the rest, and cache every block (all
+        are full). Recomputing content that is cached under a block it could not adopt
+        caches a duplicate."""
+        before = len(self.tables)
+        self.hit(content)
+        if len(self.tables) == before:  # no hit: a fresh request
+            self.allocate(content)
+            if len(self.tables) == before:
+                return
+        else:
+            t = self.tables[-1]
+            rest = content[len(t.blocks):]
+            if rest:
+                self.grow(len(self.tables) - 1, rest)
+        for _ in content:
+            self.cache_next(len(self.tables) - 1)
+
+    @move(content=Domain(st.lists(SYMBOLS, min_size=1, max_size=3).map(tuple), ()), weight=3,
+          enabled=has_room)
+    def recompute(self, content: tuple[str, ...]) -> None:
+        """A request that does not read the prefix cache (upstream: prompt logprobs) still
+        writes to it: its blocks are fresh and cached, duplicates of any cached copy."""
+        before = len(self.tables)
+        self.allocate(content)
+        if len(self.tables) > before:
+            for _ in content:
+                self.cache_next(len(self.tables) - 1)
+
+    @move(leave=Domain(st.integers(0, 2), ()), symbol=Domain(SYMBOLS, ()), weight=2,
+          enabled=has_room)
+    def fill(self, leave: int, symbol: str) -> None:
+        """A request takes every free block but ``leave`` and caches them: the pool is then
+        at the edge, and the next allocation evicts the least recently freed cached block
+        (one of several copies of a hash, often)."""
+        n = self.free_count() - leave
+        if n > 0:
+            self.request((symbol,) * min(n, MAX_TABLE))
 
     @move(index=INDEX, weight=2, enabled=lambda h: h.has_tables() and h.has_room())
     def share(self, index: int) -> None:
@@ -309,7 +350,7 @@ class PoolHarness(Harness):
 
     # -------------------------------------------------------------- bad input
 
-    @move(kind=Domain(st.sampled_from(BAD_INPUTS), BAD_INPUTS),
+    @move(kind=Domain(values=BAD_INPUTS, uniform=BAD_INPUTS),
           pick=Domain(st.integers(0, 7), (0,)), extra=Domain(st.integers(1, 3), (1,)),
           weight=2, enabled=lambda h: h.bad_input)
     def bad(self, kind: str, pick: int, extra: int) -> None:

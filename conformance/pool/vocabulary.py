@@ -5,11 +5,13 @@ Every operation of the pool protocol, each with every value of a small argument 
 * ``get_new_blocks(n)`` for n in -1..2 (the negative count and, in a pool with fewer free
   blocks, over-allocation are the bad inputs);
 * ``touch`` and ``free_blocks`` of one block (every id, the null block, and the ids -1 and
-  N just outside the pool) and of every ordered pair of non-null blocks (a pair listing one
-  block twice included);
-* ``cache_block(b, h)`` of every id with every hash of a four-hash chain family
-  (``a``, ``b``, ``a.a``, ``a.b``: two roots, two children of one root, so duplicates and
-  shared prefixes are one step away), its parent given as the hash it extends;
+  N just outside the pool); ``touch`` of every ordered pair of non-null blocks, and
+  ``free_blocks`` of every ordered pair of held blocks (a pair listing one block twice
+  included);
+* ``cache_block(b, h)`` of every block that may be cached (held, not cached yet) with every
+  hash of a four-hash chain family (``a``, ``b``, ``a.a``, ``a.b``: two roots, two children
+  of one root, so duplicates and shared prefixes are one step away), its parent given as the
+  hash it extends; of every other id (refused whatever the hash) with ``a``;
 * ``get_cached_block`` of the two roots; ``reset_prefix_cache``; ``fork_block`` of every id.
 
 No bookkeeping: a state is the spec's state and the target's observations. These are
@@ -40,9 +42,25 @@ def _ids(v: PoolVocabulary) -> range:
     return range(-1, v.num_blocks + 1)
 
 
-def _id_lists(v: PoolVocabulary) -> list[list[int]]:
+def _touch_lists(v: PoolVocabulary) -> list[list[int]]:
     usable = range(1, v.num_blocks)
     return [[b] for b in _ids(v)] + [[b, c] for b in usable for c in usable]
+
+
+def _free_lists(v: PoolVocabulary) -> list[list[int]]:
+    held = [b for b in range(1, v.num_blocks) if v.driver.spec.ref_cnt[b] > 0]
+    return [[b] for b in _ids(v)] + [[b, c] for b in held for c in held]
+
+
+def _cache_args(v: PoolVocabulary) -> list[tuple[int, bytes]]:
+    """Every hash for a block that may be cached (held, not cached yet); one hash for the
+    rest, whose refusal does not depend on it."""
+    s = v.driver.spec
+    out: list[tuple[int, bytes]] = []
+    for b in _ids(v):
+        cacheable = 0 < b < v.num_blocks and s.ref_cnt[b] > 0 and s.block_hash[b] is None
+        out += [(b, h) for h in (HASHES if cacheable else HASHES[:1])]
+    return out
 
 
 class PoolVocabulary(Harness):
@@ -68,16 +86,17 @@ class PoolVocabulary(Harness):
     def get_new_blocks(self, num_blocks: int) -> None:
         self.do("get_new_blocks", num_blocks=num_blocks)
 
-    @move(block_ids=Domain(values=_id_lists))
+    @move(block_ids=Domain(values=_touch_lists))
     def touch(self, block_ids: list[int]) -> None:
         self.do("touch", block_ids=block_ids)
 
-    @move(block_ids=Domain(values=_id_lists))
+    @move(block_ids=Domain(values=_free_lists))
     def free_blocks(self, block_ids: list[int]) -> None:
         self.do("free_blocks", block_ids=block_ids)
 
-    @move(block_id=Domain(values=_ids), block_hash=Domain(values=HASHES))
-    def cache_block(self, block_id: int, block_hash: bytes) -> None:
+    @move(block=Domain(values=_cache_args))
+    def cache_block(self, block: tuple[int, bytes]) -> None:
+        block_id, block_hash = block
         self.do("cache_block", block_id=block_id, block_hash=block_hash,
                 parent=parent_of(block_hash))
 

@@ -1,0 +1,127 @@
+"""Every word kvspec prints is literally true: a spec bug is reported as the spec's, a
+sequence outside an invariant's discipline is not a false alarm, both sides are shown after
+the same step, and the situations the random phase claims to reach are reached."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+from kvspec.conformance.engines.pipeline import run_check
+from kvspec.conformance.engines.replay import replay_trace
+from kvspec.conformance.manager.targets import impl_manager_factory
+from kvspec.conformance.outcome import Divergence
+from kvspec.conformance.pool.driver import PoolConfig, replay_steps
+from kvspec.conformance.pool.targets import ImplPool, impl_pool_factory
+from kvspec.conformance.report import format_failure
+from kvspec.conformance.trace import Step, Trace
+from kvspec.spec import pool as spec_pool
+
+QUICK = {"database": None, "progress": False, "seed": 0}
+
+
+def test_a_broken_spec_is_reported_as_a_spec_error_not_blamed_on_the_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_touch = spec_pool.touch
+
+    def touch_forgets_the_queue(s, block_ids):  # type: ignore[no-untyped-def]
+        queue = list(s.free_queue)
+        real_touch(s, block_ids)
+        s.free_queue[:] = queue  # the spec bug: a revived block stays queued
+
+    monkeypatch.setattr(spec_pool, "touch", touch_forgets_the_queue)
+    result = run_check(impl_pool_factory, level="pool", settings_name="dev", **QUICK)
+    failure = result.failure
+    assert failure is not None and failure.spec_error
+    assert failure.caught_by == "spec:free-iff-unreferenced"
+    report = format_failure(failure)
+    assert report.startswith("SPEC ERROR") and "not in the target" in report
+
+
+def test_the_copy_on_write_trace_that_raised_a_false_alarm_now_passes() -> None:
+    """A fork in the middle of a table leaves the discipline eviction-order assumes: that
+    invariant is waived from there on, everything else is still judged, and the target,
+    which is correct, agrees."""
+    steps = [
+        Step("get_new_blocks", {"num_blocks": 2}),
+        Step("touch", {"block_ids": [1, 2]}),
+        Step("cache_block", {"block_id": 1, "block_hash": b"a"}),
+        Step("cache_block", {"block_id": 2, "block_hash": b"a.a", "parent": b"a"}),
+        Step("fork_block", {"block_id": 1}),
+        Step("free_blocks", {"block_ids": [2, 1]}),
+        Step("free_blocks", {"block_ids": [2, 3]}),
+    ]
+    trace = Trace("pool", PoolConfig(4).to_json(), steps)
+    result = replay_trace(trace, "impl")
+    assert result.ok, result.message
+    assert set(result.waived) == {"eviction-order"} and "step 7" in result.waived["eviction-order"]
+    # ...and the same invariant still catches a pool that breaks it within the discipline
+    forward = replay_trace(Trace("pool", PoolConfig(4).to_json(), steps[:4] + [
+        Step("free_blocks", {"block_ids": [2, 1]}), Step("free_blocks", {"block_ids": [2, 1]})
+    ]), "mutant:forward-free")
+    assert not forward.ok
+
+
+class HandsOutInAnotherOrder(ImplPool):
+    """Right state, wrong return value: the ids come back reversed."""
+
+    def get_new_blocks(self, num_blocks: int) -> list[int]:
+        return list(reversed(super().get_new_blocks(num_blocks)))
+
+
+def test_a_return_value_divergence_shows_both_sides_after_the_same_step() -> None:
+    with pytest.raises(Divergence) as info:
+        replay_steps(HandsOutInAnotherOrder, PoolConfig(4),
+                     [Step("get_new_blocks", {"num_blocks": 2})])
+    failure = info.value
+    assert failure.caught_by == "handed-out-ids"
+    # both views are after the step: blocks 1 and 2 are held on both sides
+    assert failure.spec_view["ref_cnt"] == failure.target_view["ref_cnt"] == [0, 1, 1, 0]
+    assert failure.spec_view["free_queue"] == failure.target_view["free_queue"] == [3]
+
+
+@pytest.mark.parametrize("level, factory", [("pool", impl_pool_factory),
+                                            ("manager", impl_manager_factory)])
+def test_every_named_situation_is_reached_under_the_ci_profile(level: str, factory) -> None:
+    result = run_check(factory, level=level, settings_name="ci", exhaustive=False, **QUICK)
+    assert result.passed, result.failure
+    missing = [s for s in result.situations if not result.stats.situations[s]]
+    assert not missing, f"not reached under ci: {missing}"
+
+
+def test_no_move_takes_most_of_a_run() -> None:
+    result = run_check(impl_pool_factory, level="pool", settings_name="ci", exhaustive=False,
+                       **QUICK)
+    total = sum(result.stats.rules.values())
+    top, count = result.stats.rules.most_common(1)[0]
+    assert count < total / 4, f"{top} took {count} of {total} steps"
+
+
+def test_conformance_has_no_import_cycles() -> None:
+    """Levels and engines import downward only, so each is one module to add or read."""
+    root = pathlib.Path(__file__).resolve().parent.parent / "conformance"
+    sources = {
+        ("kvspec.conformance." + ".".join(p.relative_to(root).with_suffix("").parts))
+        .removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in sources.items():
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text()).body:  # module level: what loads with it
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:  # ``from package import submodule``
+                    sub = f"{node.module}.{alias.name}"
+                    deps.add(sub if sub in sources else node.module)
+        graph[module] = {d for d in deps if d in sources}
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path, module]))
+        for dep in graph.get(module, ()):
+            visit(dep, [*path, module])
+
+    for module in graph:
+        visit(module, [])
