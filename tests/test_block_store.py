@@ -216,16 +216,6 @@ def test_copy_blocks_copies_k_and_v_of_every_layer_and_leaves_sources_unchanged(
     assert torch.equal(store.kv[:, :, untouched], before[:, :, untouched])
 
 
-def test_copy_blocks_in_many_staging_chunks_copies_the_same_as_in_one() -> None:
-    store = filled_store()
-    store.copy_chunk_bytes = 1  # one (plane, block) row per chunk: 2 layers x K,V x 3 blocks
-    before = store.kv.clone()
-    store.copy_blocks([3, 1, 5], [6, 2, 7])
-    for src, dst in ((3, 6), (1, 2), (5, 7)):
-        assert torch.equal(store.kv[:, :, dst], before[:, :, src])
-    assert torch.equal(store.kv[:, :, [0, 1, 3, 4, 5]], before[:, :, [0, 1, 3, 4, 5]])
-
-
 def test_copy_blocks_reads_every_source_before_writing_any_destination() -> None:
     store = filled_store()
     before = store.kv.clone()
