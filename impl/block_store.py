@@ -201,7 +201,7 @@ class BlockStore:
             and callable(getattr(guard, "block_hash", None))
         ):
             raise BlockStoreError(
-                f"BlockStore: guard is a {type(guard).__name__}; expected None or an object "
+                f"BlockStore: guard has type {type(guard).__name__}; expected None or an object "
                 "with ref_cnt(block_id) and block_hash(block_id)"
             )
         self._guard = guard
@@ -436,15 +436,14 @@ class BlockStore:
         ``[q, num_q_heads, head_size]`` in the store's dtype.
         """
         op = "paged_attention"
-        if not isinstance(query, torch.Tensor) or query.layout is not torch.strided:
+        if not isinstance(query, torch.Tensor):
             raise BlockStoreError(
-                f"{op}: query is a {type(query).__name__}; expected a dense "
-                "[q, num_q_heads, head_size] tensor"
+                f"{op}: query has type {type(query).__name__}; expected a tensor"
             )
-        if query.dim() != 3:
+        if query.layout is not torch.strided or query.dim() != 3:
             raise BlockStoreError(
-                f"{op}: query has shape {tuple(query.shape)}; expected [q, num_q_heads, "
-                "head_size]"
+                f"{op}: query is a {query.layout} tensor of shape {tuple(query.shape)}; "
+                "expected a dense [q, num_q_heads, head_size] tensor"
             )
         num_queries, num_q_heads, head_size = query.shape
         if head_size != self.head_size:

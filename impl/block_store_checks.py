@@ -73,9 +73,8 @@ def check_device(op: str, name: str, tensor: torch.Tensor, device: torch.device)
     """A tensor the store reads must live on the store's device or on the CPU (a host to
     device copy is an ordinary cache write); anything else needs an explicit move."""
     if tensor.device != device and tensor.device.type != "cpu":
-        raise BlockStoreError(
-            f"{op}: {name} is on {tensor.device}; expected the store's device {device} or cpu"
-        )
+        allowed = "cpu" if device.type == "cpu" else f"the store's device {device} or cpu"
+        raise BlockStoreError(f"{op}: {name} is on {tensor.device}; expected {allowed}")
 
 
 def check_ids(
@@ -96,8 +95,9 @@ def check_ids(
         return values
     if isinstance(ids, torch.Tensor):
         if ids.layout is not torch.strided or ids.dim() != 1 or ids.dtype not in _ID_DTYPES:
+            layout = "" if ids.layout is torch.strided else f"{ids.layout} "
             raise BlockStoreError(
-                f"{op}: {what} is a {ids.layout} tensor of shape {tuple(ids.shape)} and dtype "
+                f"{op}: {what} is a {layout}tensor of shape {tuple(ids.shape)} and dtype "
                 f"{ids.dtype}; expected a 1-d integer tensor"
             )
         check_device(op, what, ids, device)
@@ -108,7 +108,7 @@ def check_ids(
                 raise _out_of_range(op, what, int(outside[0]), limit)
         return ids
     raise BlockStoreError(
-        f"{op}: {what} is a {type(ids).__name__}; expected a list, tuple or range of ints "
+        f"{op}: {what} has type {type(ids).__name__}; expected a list, tuple or range of ints "
         "or a 1-d integer tensor"
     )
 
@@ -147,7 +147,7 @@ def check_kv_tensor(
 ) -> torch.Tensor:
     """A tensor of K or V to write, checked for type, layout, dtype, shape and device."""
     if not isinstance(tensor, torch.Tensor):
-        raise BlockStoreError(f"{op}: {name} is a {type(tensor).__name__}; expected a tensor")
+        raise BlockStoreError(f"{op}: {name} has type {type(tensor).__name__}; expected a tensor")
     if tensor.layout is not torch.strided:
         raise BlockStoreError(f"{op}: {name} is a {tensor.layout} tensor; expected a dense one")
     if tensor.dtype != dtype:
