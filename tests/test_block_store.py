@@ -425,13 +425,31 @@ def test_benchmark_times_the_store_beside_every_contender_and_says_who_is_ahead(
         assert case in out
     for callable_ in ("BlockStore.copy_blocks", "per-block copy_ loop",
                       "index_select + index_copy_ on kv", "index_select + index_copy_, word rows",
-                      "BlockStore.gather", "index_select on kv[layer]"):  # fmt: skip
+                      "BlockStore.gather", "index_select on kv[layer]",
+                      "reference: plain copy as block-sized copies"):  # fmt: skip
         assert f"  {callable_}" in out
     for case in ("copy_blocks 1 block", "copy_blocks 3 blocks", "gather 10 tokens"):
         assert re.search(rf"^{case}: BlockStore\.\w+ at [0-9.]+x plain copy, (NOT )?ahead of "
                          "every contender", out, re.MULTILINE)  # fmt: skip
     assert "per-call overhead, 1-block copy_blocks:" in out
     assert f"torch {torch.__version__}" in out
+
+
+def test_benchmark_verdict_compares_the_store_with_contenders_not_with_references() -> None:
+    from kvspec.benchmarks.block_store import Row, verdicts
+
+    def row(name: str, seconds: float) -> Row:
+        return Row("copy_blocks 2 blocks", name, 1 << 20, seconds, 1.0, 1.0 / seconds)
+
+    rows = [row("BlockStore.copy_blocks", 1.25), row("per-block copy_ loop", 2.5),
+            row("reference: plain copy as block-sized copies", 1.1)]  # fmt: skip
+    (line,) = verdicts(rows)
+    assert line == (
+        "copy_blocks 2 blocks: BlockStore.copy_blocks at 0.80x plain copy, ahead of every "
+        "contender (closest: per-block copy_ loop at 0.40x; 2.00x the store's time)"
+    )
+    (line,) = verdicts([*rows, row("index_select + index_copy_ on kv", 1.0)])
+    assert "NOT ahead of every contender (closest: index_select + index_copy_ on kv" in line
 
 
 def test_benchmark_refuses_to_time_a_contender_that_does_not_copy() -> None:
