@@ -51,7 +51,7 @@ from kvspec.impl.block_store import BlockStore
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 BASELINE = "plain copy (baseline)"
 REFERENCE = "reference: "
-SPLIT = REFERENCE + "plain copy as block-sized copies"
+SPLIT = REFERENCE + "plain copy, block by block"
 
 Op = Callable[[], object]
 

@@ -20,8 +20,7 @@ Layout decision: block-major storage, vLLM's shape
     materialise the sources and so moves every byte twice; the benchmark keeps it as a
     contender and it stays below half a plain copy's bandwidth. What the layout costs: a
     layer's K plane is no longer one contiguous tensor, which a reference store never needs
-    (gather reads block-sized rows either way). vLLM's cross-layer block layout for KV
-    transfer makes the same trade.
+    (gather reads block-sized rows either way).
 
 Copies move words, not numbers
     ``write`` and ``gather`` view the storage as the widest element type that divides a
@@ -356,9 +355,9 @@ class BlockStore:
     def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
         """The copy itself, on validated ids: one ``_foreach_copy_`` over whole-block views.
 
-        ``torch._foreach_copy_`` (torch >= 2.1) copies a list of tensor pairs in one call:
-        one fused kernel on CUDA, a C++ loop of memcpy-speed copies on CPU, with no Python
-        per block beyond picking the views and no buffer allocated. A source that is also a
+        ``torch._foreach_copy_`` (torch >= 2.1) copies a list of tensor pairs in one call (a
+        C++ loop of contiguous copies on CPU, torch's multi-tensor kernel on CUDA), with no
+        Python per block beyond picking two views and no buffer allocated. A source that is also a
         destination is cloned first (the only allocation, and only then): a pool never
         forks into a block it is copying from, but a swap must still read old content.
         """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -354,6 +355,14 @@ def test_without_a_guard_writes_are_unchecked() -> None:
     assert torch.equal(store.kv[0, 0, 0, 0], token[0])
 
 
+def test_the_fork_example_in_the_guide_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    guide = Path(__file__).resolve().parent.parent / "docs" / "block_store.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.DOTALL)
+    (example,) = [b for b in blocks if "ImplPool(8)" in b]
+    exec(compile(example, str(guide), "exec"), {})
+    assert "write: block 1 is shared (ref_cnt 2)" in capsys.readouterr().out
+
+
 def test_store_errors_belong_to_the_kvcache_error_hierarchy() -> None:
     assert issubclass(CopyOnWriteError, BlockStoreError)
     assert issubclass(BlockStoreError, KVCacheError) and issubclass(BlockStoreError, ValueError)
@@ -426,7 +435,7 @@ def test_benchmark_times_the_store_beside_every_contender_and_says_who_is_ahead(
     for callable_ in ("BlockStore.copy_blocks", "per-block copy_ loop",
                       "index_select + index_copy_ on kv", "index_select + index_copy_, word rows",
                       "BlockStore.gather", "index_select on kv[layer]",
-                      "reference: plain copy as block-sized copies"):  # fmt: skip
+                      "reference: plain copy, block by block"):  # fmt: skip
         assert f"  {callable_}" in out
     for case in ("copy_blocks 1 block", "copy_blocks 3 blocks", "gather 10 tokens"):
         assert re.search(rf"^{case}: BlockStore\.\w+ at [0-9.]+x plain copy, (NOT )?ahead of "
@@ -442,7 +451,7 @@ def test_benchmark_verdict_compares_the_store_with_contenders_not_with_reference
         return Row("copy_blocks 2 blocks", name, 1 << 20, seconds, 1.0, 1.0 / seconds)
 
     rows = [row("BlockStore.copy_blocks", 1.25), row("per-block copy_ loop", 2.5),
-            row("reference: plain copy as block-sized copies", 1.1)]  # fmt: skip
+            row("reference: plain copy, block by block", 1.1)]  # fmt: skip
     (line,) = verdicts(rows)
     assert line == (
         "copy_blocks 2 blocks: BlockStore.copy_blocks at 0.80x plain copy, ahead of every "
