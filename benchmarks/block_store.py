@@ -22,9 +22,9 @@ Contenders (each checked to produce the store's result, bit for bit, before it i
 
 One reference row per ``copy_blocks`` case is not a contender: the plain copy itself, issued
 as one block-sized copy per block (``_foreach_copy_`` over slices of the baseline's own kind of
-buffers). It prices what splitting a copy into blocks costs with no store and no index, so
-the gap between it and the plain copy is the part of ``copy_blocks``' gap no block store can
-close by code.
+buffers). It prices what splitting a copy into blocks costs with no store and no index: the
+gap between it and the plain copy is the part of ``copy_blocks``' gap that comes from copying
+block by block at all, not from the store.
 
 Timing: each callable gets a warm-up call, then calls are batched until a batch lasts
 ``--min-batch-ms``. ``--repeats`` rounds each time one batch of every callable of a case,

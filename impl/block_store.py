@@ -310,10 +310,10 @@ class BlockStore:
         bs = self.block_size
         if isinstance(slots, torch.Tensor):
             index = slots.to(self.device, torch.int64)
-            blocks = torch.unique(index // bs).tolist() if self._guard is not None else []
+            blocks = set(torch.unique(index // bs).tolist())
         else:
             index = torch.tensor(slots, dtype=torch.int64, device=self.device)
-            blocks = sorted({s // bs for s in slots})
+            blocks = {s // bs for s in slots}
         self._check_writable(op, blocks)
         if not len(slots):
             return
@@ -357,8 +357,8 @@ class BlockStore:
 
         ``torch._foreach_copy_`` (torch >= 2.1) copies a list of tensor pairs in one call (a
         C++ loop of contiguous copies on CPU, torch's multi-tensor kernel on CUDA), with no
-        Python per block beyond picking two views and no buffer allocated. A source that is also a
-        destination is cloned first (the only allocation, and only then): a pool never
+        Python per block beyond picking two views and no buffer allocated. A source that is
+        also a destination is cloned first (the only allocation, and only then): a pool never
         forks into a block it is copying from, but a swap must still read old content.
         """
         blocks = self._blocks
