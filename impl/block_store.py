@@ -25,11 +25,10 @@ Layout decision: block-major storage, vLLM's shape
 Copies move words, not numbers
     ``write`` and ``gather`` view the storage as the widest element type that divides a
     token's (or a block plane's) bytes, 16-byte ``complex128`` in practice, and index that.
-    torch's CPU indexed kernels cost per element, not per byte (scattering 256 KiB measured
-    75 us as float16, 43 us as int64 and 8.5 us as complex128). The wide elements are only
-    loaded and stored, never computed with, so every bit survives (NaN payloads, signed
-    zeros, subnormals; the tests write random bit patterns). This is also why gathers are
-    bit-identical across devices.
+    torch's CPU indexed kernels cost per element, not per byte, and a 16-byte word carries
+    eight float16 values. The wide elements are only loaded and stored, never computed with,
+    so every bit survives (NaN payloads, signed zeros, subnormals; the tests write random bit
+    patterns). This is also why gathers are bit-identical across devices.
 
 The write guard
     A write into a block that another request shares (``ref_cnt > 1``) or that the prefix

@@ -84,7 +84,7 @@ def check_ids(
     same tensor for tensor input (not yet moved or cast)."""
     if type(ids) in _ID_SEQUENCES:
         values = ids if type(ids) is list else list(ids)  # type: ignore[call-overload]
-        for value in values:  # a plain loop: for a few ids, 3x cheaper than all(genexpr)
+        for value in values:  # a plain loop, not all() over a generator: no frame per call
             if type(value) is not int:
                 index = next(i for i, v in enumerate(values) if v is value)
                 raise BlockStoreError(
