@@ -8,26 +8,27 @@ serving engine performs on them: write new tokens through a slot mapping, copy b
 copy-on-write step), gather a request's K/V from its block table, and a reference paged
 attention over that gather.
 
-Layout decision
-    One stacked tensor ``kv`` of shape
-    ``[num_layers, 2, num_blocks, block_size, num_kv_heads, head_size]`` (index 0 of the
-    second axis is K, 1 is V), rather than vLLM's one ``[2, num_blocks, ...]`` tensor per
-    layer. Each per-layer slice ``kv[layer]`` *is* vLLM's layout, so nothing is lost; what is
-    gained is that a block id selects the same ``2 * num_layers`` planes everywhere, so
-    ``copy_blocks`` is one indexed copy across every layer's K and V, with no Python loop
-    over layers or blocks (on CPU it is staged in cache-sized chunks of many blocks, see
-    ``_copy_rows_staged``), and a single allocation holds the whole cache. The cost is one
-    allocation of the whole cache instead of per-layer tensors a framework can place
-    separately; a reference store does not need that freedom.
+Layout decision: block-major storage, vLLM's shape
+    ``kv`` has the logical shape ``[num_layers, 2, num_blocks, block_size, num_kv_heads,
+    head_size]`` (index 0 of the second axis is K, 1 is V), so ``kv[layer]`` has the shape
+    of vLLM's per-layer cache. In memory, though, the block axis comes first: the storage is
+    ``[num_blocks, num_layers, 2, block_size, num_kv_heads, head_size]`` and ``kv`` is a
+    permuted view of it. One block, K and V of every layer, is then one contiguous span, so
+    ``copy_blocks`` of ``n`` blocks is ``n`` memcpy-sized copies issued by one call, each
+    reading and writing every byte once. The obvious alternative, an indexed gather and
+    scatter (``index_select`` then ``index_copy_``) over a layer-major tensor, must
+    materialise the sources and so moves every byte twice; the benchmark keeps it as a
+    contender and it stays below half a plain copy's bandwidth. What the layout costs: a
+    layer's K plane is no longer one contiguous tensor, which a reference store never needs
+    (gather reads block-sized rows either way).
 
 Copies move words, not numbers
-    ``write``, ``copy_blocks`` and ``gather`` view the storage as the widest element type
-    that divides a token's (or a block's) bytes, 16-byte ``complex128`` in practice, and
-    index that. torch's CPU scatter (``index_copy_``) costs per element, not per byte:
-    scattering 256 KiB measured 75 us as float16, 43 us as int64 and 8.5 us as complex128.
-    The wide elements are only loaded and stored, never computed with, so every bit
-    survives (NaN payloads, signed zeros, subnormals; the tests write random bit patterns).
-    This is also why gathers are bit-identical across devices.
+    ``write`` and ``gather`` view the storage as the widest element type that divides a
+    token's (or a block plane's) bytes, 16-byte ``complex128`` in practice, and index that.
+    torch's CPU indexed kernels cost per element, not per byte, and a 16-byte word carries
+    eight float16 values. The wide elements are only loaded and stored, never computed with,
+    so every bit survives (NaN payloads, signed zeros, subnormals; the tests write random bit
+    patterns). This is also why gathers are bit-identical across devices.
 
 The write guard
     A write into a block that another request shares (``ref_cnt > 1``) or that the prefix
@@ -35,35 +36,46 @@ The write guard
     happen first. The store does not know any pool class; it takes a *guard*, any object with
     ``ref_cnt(block_id)`` and ``block_hash(block_id)`` (kvspec's pool target protocol), and
     refuses such writes with :class:`CopyOnWriteError`. With no guard, writes are unchecked.
-    Every check runs before any tensor changes, so a refused call leaves the store as it was.
+
+Atomic by construction
+    Every argument is checked (:mod:`kvspec.impl.block_store_checks`) and every index and
+    source tensor is built before the first byte of the cache changes, so a call that raises
+    leaves every layer's K and V exactly as they were.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from kvspec.impl.errors import KVCacheError
+from kvspec.impl.block_store_checks import (
+    BlockStoreError,
+    CopyOnWriteError,
+    IdsLike,
+    check_device,
+    check_ids,
+    check_int,
+    check_kv_tensor,
+    check_scale,
+    first_repeat,
+    is_int,
+)
+
+__all__ = [
+    "NULL_BLOCK_ID",
+    "BlockStateView",
+    "BlockStore",
+    "BlockStoreError",
+    "CopyOnWriteError",
+    "IdsLike",
+]
 
 NULL_BLOCK_ID = 0
 """Block 0 is the null block in kvspec's pool protocol: a placeholder that never holds data."""
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-IdsLike = Sequence[int] | torch.Tensor
-
-
-class BlockStoreError(KVCacheError, ValueError):
-    """A block-store call was malformed: an id or slot out of range, a repeated destination,
-    a tensor of the wrong shape or dtype."""
-
-
-class CopyOnWriteError(BlockStoreError):
-    """A write (or a copy's destination) targets a block that is not exclusively owned and
-    uncached: shared, hashed, free, or the null block. Copy-on-write must happen first."""
 
 
 class BlockStateView(Protocol):
@@ -83,27 +95,13 @@ def _word_dtype(nbytes: int) -> torch.dtype:
     return torch.uint8
 
 
-def _first_repeat(values: list[int]) -> int | None:
-    """The first value that occurs a second time, or None when all are distinct."""
-    seen: set[int] = set()
-    for value in values:
-        if value in seen:
-            return value
-        seen.add(value)
-    return None
-
-
 class BlockStore:
     """A paged KV cache: ``num_blocks`` blocks of ``block_size`` token slots, for every layer.
 
     Slot ``s`` is offset ``s % block_size`` of block ``s // block_size``, as in vLLM's slot
-    mapping. See the module docstring for the layout and the write guard. Not thread-safe:
-    CPU copies share one staging buffer.
+    mapping. See the module docstring for the layout, the write guard and atomicity. No
+    internal locking: one caller at a time.
     """
-
-    copy_chunk_bytes: int = 1 << 20
-    """Staging-buffer size for CPU ``copy_blocks``: small enough to stay in a core's L2. At
-    least one (plane, block) row is staged per chunk however small this is."""
 
     def __init__(
         self,
@@ -117,6 +115,7 @@ class BlockStore:
         *,
         guard: BlockStateView | None = None,
     ) -> None:
+        op = "BlockStore"
         for name, value in (
             ("num_blocks", num_blocks),
             ("block_size", block_size),
@@ -124,42 +123,56 @@ class BlockStore:
             ("num_kv_heads", num_kv_heads),
             ("head_size", head_size),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise BlockStoreError(f"BlockStore: {name} must be a positive int, got {value!r}")
+            check_int(op, name, value, 1)
         if dtype not in _SUPPORTED_DTYPES:
+            raise BlockStoreError(f"{op}: dtype {dtype!r}; expected one of {_SUPPORTED_DTYPES}")
+        try:
+            where = torch.device(device)  # type: ignore[arg-type]
+        except (TypeError, RuntimeError, ValueError):
             raise BlockStoreError(
-                f"BlockStore: dtype must be one of {_SUPPORTED_DTYPES}, got {dtype}"
-            )
+                f"{op}: device {device!r}; expected a torch device such as 'cpu' or 'cuda:0'"
+            ) from None
+        if where.type == "meta":
+            raise BlockStoreError(f"{op}: device {where}; expected a device that holds data")
+        self.guard = guard
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_layers = num_layers
         self.num_kv_heads = num_kv_heads
         self.head_size = head_size
         self.dtype = dtype
-        self.device = torch.device(device)
-        self.guard = guard
-        self.kv = torch.zeros(
-            (num_layers, 2, num_blocks, block_size, num_kv_heads, head_size),
-            dtype=dtype,
-            device=self.device,
-        )
-        """The whole cache. Read it freely; mutate it only through the store's methods."""
+        planes = 2 * num_layers
+        shape = (num_blocks, num_layers, 2, block_size, num_kv_heads, head_size)
+        try:
+            storage = torch.zeros(shape, dtype=dtype, device=where)
+        except Exception as exc:  # noqa: BLE001 - any allocation failure is a bad size/device
+            nbytes = math.prod(shape) * dtype.itemsize
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BlockStoreError(
+                f"{op}: cannot allocate {nbytes} bytes on {where} ({reason}); expected sizes "
+                "and a device that fit"
+            ) from None
+        self.device = storage.device  # with its index: "cuda" becomes "cuda:0"
+        self.kv = storage.permute(1, 2, 0, 3, 4, 5)
+        """The whole cache, ``[num_layers, 2, num_blocks, block_size, num_kv_heads,
+        head_size]``: a view of block-major storage. Read it freely; mutate it only through
+        the store's methods."""
 
-        # Views over the same storage, built once so each call only indexes.
-        token_bytes = num_kv_heads * head_size * self.kv.element_size()
+        flat = storage.view(-1)
+        token_bytes = num_kv_heads * head_size * dtype.itemsize
         self._token_word = _word_dtype(token_bytes)
-        # [num_layers, 2, num_slots, words per token]: a slot picks one row per (layer, K/V).
-        self._tokens = (
-            self.kv.view(-1).view(self._token_word).view(num_layers, 2, self.num_slots, -1)
+        # One row per (block, layer, K/V, offset): slot s of layer l's K is row
+        # (s // bs) * planes * bs + l * 2 * bs + s % bs; its V is bs rows further.
+        self._token_rows = flat.view(self._token_word).view(num_blocks * planes * block_size, -1)
+        self._layer_rows = torch.arange(num_layers, device=self.device) * (2 * block_size)
+        # One row per (block, plane), a plane being one layer's K or V: row b * planes + p.
+        self._plane_rows = (
+            flat.view(_word_dtype(block_size * token_bytes)).view(num_blocks * planes, -1)
         )
-        block_word = _word_dtype(block_size * token_bytes)
-        # One row per (plane, block), a plane being one layer's K or V: block b of plane p is
-        # row p * num_blocks + b, and a block id picks num_layers * 2 rows.
-        self._rows = self.kv.view(-1).view(block_word).view(num_layers * 2 * num_blocks, -1)
-        self._plane_offsets = (
-            torch.arange(num_layers * 2, dtype=torch.int64, device=self.device) * num_blocks
-        )
-        self._staging: torch.Tensor | None = None  # allocated by the first staged copy
+        self._planes = torch.arange(planes, device=self.device)
+        # One view per block, K and V of every layer, built once: copy_blocks only picks.
+        self._blocks = storage.unbind(0)
+        self._storage_ptr = storage.untyped_storage().data_ptr()
 
     # ----------------------------------------------------------------------------- sizes
 
@@ -172,29 +185,38 @@ class BlockStore:
     def block_nbytes(self) -> int:
         """Bytes one block occupies across every layer's K and V: what ``copy_blocks`` moves
         per block."""
-        return self.kv[:, :, 0].numel() * self.kv.element_size()
+        return self._blocks[0].numel() * self.dtype.itemsize
+
+    @property
+    def guard(self) -> BlockStateView | None:
+        """None (writes unchecked), or the pool view that every write is checked against."""
+        return self._guard
+
+    @guard.setter
+    def guard(self, guard: BlockStateView | None) -> None:
+        if guard is not None and not (
+            callable(getattr(guard, "ref_cnt", None))
+            and callable(getattr(guard, "block_hash", None))
+        ):
+            raise BlockStoreError(
+                f"BlockStore: guard has type {type(guard).__name__}; expected None or an object "
+                "with ref_cnt(block_id) and block_hash(block_id)"
+            )
+        self._guard = guard
 
     # ------------------------------------------------------------------------ validation
 
     def _id_list(self, op: str, what: str, ids: IdsLike, limit: int) -> list[int]:
         """``ids`` as a list of ints in ``[0, limit)``, or a BlockStoreError naming ``op``."""
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-                raise BlockStoreError(
-                    f"{op}: {what} must be a 1-d integer tensor, got shape "
-                    f"{tuple(ids.shape)} dtype {ids.dtype}"
-                )
-            values = ids.tolist()
-        else:
-            values = list(ids)
-        for value in values:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise BlockStoreError(f"{op}: {what} must hold ints, got {value!r}")
-            if not 0 <= value < limit:
-                raise BlockStoreError(
-                    f"{op}: {what} entry {value} is out of range; expected 0 <= id < {limit}"
-                )
-        return values
+        values = check_ids(op, what, ids, limit, self.device)
+        return values if type(values) is list else values.tolist()  # type: ignore[union-attr]
+
+    def _id_tensor(self, op: str, what: str, ids: IdsLike, limit: int) -> torch.Tensor:
+        """``ids`` as an int64 tensor on the store's device, each in ``[0, limit)``."""
+        values = check_ids(op, what, ids, limit, self.device)
+        if isinstance(values, torch.Tensor):
+            return values.to(self.device, torch.int64)
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
 
     def _check_writable(self, op: str, block_ids: set[int] | list[int]) -> None:
         """Refuse, before anything changes, a write into a block the writer does not own alone.
@@ -202,7 +224,7 @@ class BlockStore:
         Exclusive and uncached means ``ref_cnt == 1`` and no hash; the null block is never
         data. Blocks are checked in id order so the error names the smallest offender.
         """
-        guard = self.guard
+        guard = self._guard
         if guard is None:
             return
         for block_id in sorted(block_ids):
@@ -212,6 +234,10 @@ class BlockStore:
                     "K/V; expected a block allocated to the writer"
                 )
             ref_cnt = guard.ref_cnt(block_id)
+            if not is_int(ref_cnt):
+                raise BlockStoreError(
+                    f"{op}: the guard's ref_cnt({block_id}) returned {ref_cnt!r}; expected an int"
+                )
             if ref_cnt > 1:
                 raise CopyOnWriteError(
                     f"{op}: block {block_id} is shared (ref_cnt {ref_cnt}); expected ref_cnt 1: "
@@ -228,42 +254,22 @@ class BlockStore:
                     "immutable: copy-on-write must happen first (fork_block, then copy_blocks)"
                 )
 
-    def _check_kv_tensor(
-        self, op: str, name: str, tensor: torch.Tensor, shape: tuple[int, ...]
+    def _check_layer(self, op: str, layer: object) -> int:
+        return check_int(op, "layer", layer, 0, self.num_layers)
+
+    def _token_words(
+        self, op: str, name: str, tensor: object, shape: tuple[int, ...]
     ) -> torch.Tensor:
-        if not isinstance(tensor, torch.Tensor):
-            raise BlockStoreError(f"{op}: {name} must be a torch.Tensor, got {type(tensor)}")
-        if tuple(tensor.shape) != shape:
-            raise BlockStoreError(f"{op}: {name} has shape {tuple(tensor.shape)}; expected {shape}")
-        if tensor.dtype != self.dtype:
-            raise BlockStoreError(
-                f"{op}: {name} has dtype {tensor.dtype}; expected the store's {self.dtype} "
-                "(a silent cast would change the bits)"
-            )
-        return tensor.to(self.device)
-
-    def _check_layer(self, op: str, layer: int) -> None:
-        if (
-            not isinstance(layer, int)
-            or isinstance(layer, bool)
-            or not (0 <= layer < self.num_layers)
-        ):
-            raise BlockStoreError(
-                f"{op}: layer {layer!r} is out of range; expected 0 <= layer < {self.num_layers}"
-            )
-
-    def _table_prefix(self, op: str, block_ids: IdsLike, num_tokens: int) -> list[int]:
-        """The first ``cdiv(num_tokens, block_size)`` ids of a block table, validated."""
-        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 0:
-            raise BlockStoreError(f"{op}: num_tokens must be an int >= 0, got {num_tokens!r}")
-        ids = self._id_list(op, "block_ids", block_ids, self.num_blocks)
-        needed = -(-num_tokens // self.block_size)
-        if len(ids) < needed:
-            raise BlockStoreError(
-                f"{op}: {num_tokens} tokens need {needed} blocks of {self.block_size}; "
-                f"the block table holds {len(ids)}"
-            )
-        return ids[:needed]
+        """A checked K or V tensor as ``[tokens, words]`` rows on the store's device, in memory
+        that no write of this call can change (a source aliasing the cache is copied)."""
+        checked = check_kv_tensor(op, name, tensor, shape, self.dtype, self.device)
+        words = checked.detach().to(self.device)
+        if words.untyped_storage().data_ptr() == self._storage_ptr:
+            words = words.clone()
+        words = words.contiguous()
+        if words.storage_offset() * self.dtype.itemsize % self._token_word.itemsize:
+            words = words.clone()  # a word view needs a word-aligned start
+        return words.view(-1).view(self._token_word).view(-1, self._token_rows.shape[1])
 
     # ------------------------------------------------------------------------ operations
 
@@ -280,44 +286,47 @@ class BlockStore:
 
         ``layer=None`` writes every layer: ``key``/``value`` are
         ``[num_layers, T, num_kv_heads, head_size]``. An int writes that layer:
-        ``[T, num_kv_heads, head_size]``. Tensors must have the store's dtype; they may live on
-        another device. Slots must be distinct (which of two writes to one slot wins is
+        ``[T, num_kv_heads, head_size]``. Tensors must have the store's dtype and live on its
+        device or the CPU. Slots must be distinct (which of two writes to one slot wins is
         unspecified on CUDA). With a guard, every block touched must be exclusively owned and
         uncached; otherwise :class:`CopyOnWriteError` and nothing is written.
         """
         op = "write"
-        slots = self._id_list(op, "slot_mapping", slot_mapping, self.num_slots)
-        dup = _first_repeat(slots)
+        slots = check_ids(op, "slot_mapping", slot_mapping, self.num_slots, self.device)
+        dup = first_repeat(slots)
         if dup is not None:
             raise BlockStoreError(
                 f"{op}: slot {dup} (block {dup // self.block_size}) appears twice in "
                 "slot_mapping; expected distinct slots"
             )
-        rows = (len(slots), self.num_kv_heads, self.head_size)
+        shape: tuple[int, ...] = (len(slots), self.num_kv_heads, self.head_size)
         if layer is None:
-            shape = (self.num_layers, *rows)
+            shape = (self.num_layers, *shape)
         else:
             self._check_layer(op, layer)
-            shape = rows
-        key = self._check_kv_tensor(op, "key", key, shape)
-        value = self._check_kv_tensor(op, "value", value, shape)
-        self._check_writable(op, {s // self.block_size for s in slots})
-        if not slots:
-            return
-        index = torch.tensor(slots, dtype=torch.int64, device=self.device)
-        rows = (*shape[:-2], self._tokens.shape[-1])
-        key_words = key.contiguous().view(-1).view(self._token_word).view(rows)
-        value_words = value.contiguous().view(-1).view(self._token_word).view(rows)
-        if layer is None:
-            self._tokens[:, 0].index_copy_(1, index, key_words)
-            self._tokens[:, 1].index_copy_(1, index, value_words)
+        key_words = self._token_words(op, "key", key, shape)
+        value_words = self._token_words(op, "value", value, shape)
+        bs = self.block_size
+        if isinstance(slots, torch.Tensor):
+            index = slots.to(self.device, torch.int64)
+            blocks = set(torch.unique(index // bs).tolist())
         else:
-            self._tokens[layer, 0].index_copy_(0, index, key_words)
-            self._tokens[layer, 1].index_copy_(0, index, value_words)
+            index = torch.tensor(slots, dtype=torch.int64, device=self.device)
+            blocks = {s // bs for s in slots}
+        self._check_writable(op, blocks)
+        if not len(slots):
+            return
+        rows = (index // bs) * (2 * self.num_layers * bs) + index % bs  # layer 0's K rows
+        if layer is None:
+            rows = (self._layer_rows[:, None] + rows).view(-1)  # layer-major, as key is
+        else:
+            rows = rows + self._layer_rows[layer]
+        self._token_rows.index_copy_(0, rows, key_words)
+        self._token_rows.index_copy_(0, rows + bs, value_words)
 
     def copy_blocks(self, src_ids: IdsLike, dst_ids: IdsLike) -> None:
-        """Copy block ``src_ids[i]`` onto ``dst_ids[i]``, K and V of every layer, in one
-        indexed gather and one indexed scatter (no loop over blocks or layers).
+        """Copy block ``src_ids[i]`` onto ``dst_ids[i]``, K and V of every layer, in one call
+        that copies each block as one contiguous span (no loop over layers, no staging).
 
         The copy-on-write step: after ``fork_block`` hands a request a fresh block, this gives
         it the shared block's content before the request's first divergent write. Every
@@ -333,42 +342,31 @@ class BlockStore:
                 f"{op}: {len(src)} source ids but {len(dst)} destination ids; expected equal "
                 "lengths"
             )
-        dup = _first_repeat(dst)
+        dup = first_repeat(dst)
         if dup is not None:
             raise BlockStoreError(
                 f"{op}: destination block {dup} appears twice; expected distinct destinations"
             )
         self._check_writable(op, dst)
-        if not src:
-            return
-        pair = torch.tensor([src, dst], dtype=torch.int64, device=self.device)
-        # Row of (plane p, block b) in the [planes * num_blocks, words] view: p * num_blocks + b,
-        # block-major, so one block's planes are copied together.
-        rows = (pair[:, :, None] + self._plane_offsets).view(2, -1)
-        if self.device.type == "cpu" and set(src).isdisjoint(dst):
-            self._copy_rows_staged(rows[0], rows[1])
-        else:
-            self._rows.index_copy_(0, rows[1], self._rows.index_select(0, rows[0]))
+        if src:
+            self._copy_blocks(src, dst)
 
-    def _copy_rows_staged(self, src_rows: torch.Tensor, dst_rows: torch.Tensor) -> None:
-        """CPU copy through a reused staging buffer of at most ``copy_chunk_bytes``.
+    def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
+        """The copy itself, on validated ids: one ``_foreach_copy_`` over whole-block views.
 
-        A one-pass gather would allocate a staging tensor as large as the whole copy (64 MiB
-        for 256 blocks of a small model): past glibc's mmap threshold every call maps and
-        faults in fresh pages, and the staged bytes fall out of cache before the scatter reads
-        them. Chunks of a few hundred KiB stay in L2 and reuse one buffer; measured about 3x
-        faster at 64 MiB. Only used when no destination is also a source, since a later chunk
-        would otherwise read a row an earlier chunk already overwrote.
+        ``torch._foreach_copy_`` (torch >= 2.1) copies a list of tensor pairs in one call (a
+        C++ loop of contiguous copies on CPU, torch's multi-tensor kernel on CUDA), with no
+        Python per block beyond picking two views and no buffer allocated. A source that is
+        also a destination is cloned first (the only allocation, and only then): a pool never
+        forks into a block it is copying from, but a swap must still read old content.
         """
-        row_bytes = self._rows.shape[1] * self._rows.element_size()
-        step = max(1, self.copy_chunk_bytes // row_bytes)
-        if self._staging is None or self._staging.shape[0] != step:
-            self._staging = self._rows.new_empty((step, self._rows.shape[1]))
-        for start in range(0, src_rows.numel(), step):
-            src_part = src_rows[start : start + step]
-            staged = self._staging[: src_part.numel()]
-            torch.index_select(self._rows, 0, src_part, out=staged)
-            self._rows.index_copy_(0, dst_rows[start : start + step], staged)
+        blocks = self._blocks
+        written = set(dst)
+        if written.isdisjoint(src):
+            sources = [blocks[s] for s in src]
+        else:
+            sources = [blocks[s].clone() if s in written else blocks[s] for s in src]
+        torch._foreach_copy_([blocks[d] for d in dst], sources)
 
     def gather(
         self, block_ids: IdsLike, num_tokens: int, *, layer: int | None = None
@@ -379,25 +377,40 @@ class BlockStore:
         head_size]``. ``layer=None``: ``[num_layers, num_tokens, num_kv_heads, head_size]``
         views of one buffer, each ``k[l]`` contiguous. Only the first
         ``cdiv(num_tokens, block_size)`` ids are read; a longer table is allowed (slots
-        reserved ahead). The copy moves bits, so the result is bit-identical on any device.
+        reserved ahead). Ids may repeat (a read is unambiguous). The copy moves bits, so the
+        result is bit-identical on any device.
         """
         op = "gather"
-        ids = self._table_prefix(op, block_ids, num_tokens)
-        heads = (self.num_kv_heads, self.head_size)
+        table = self._table(op, block_ids, num_tokens)
         if layer is not None:
             self._check_layer(op, layer)
-        index = torch.tensor(ids, dtype=torch.int64, device=self.device)
-        padded = len(ids) * self.block_size  # whole blocks; the tail past num_tokens is cut
-        # Rows of the [planes * num_blocks, words] view, plane-major so that each plane's
-        # blocks land in table order; dim-0 selection of contiguous rows is a memcpy per row.
-        planes = (
-            self._plane_offsets if layer is None else self._plane_offsets[2 * layer : 2 * layer + 2]
-        )
-        words = self._rows.index_select(0, (planes[:, None] + index).view(-1))
+        return self._gather(table, num_tokens, layer)
+
+    def _table(self, op: str, block_ids: IdsLike, num_tokens: int) -> torch.Tensor:
+        """The first ``cdiv(num_tokens, block_size)`` ids of a block table, validated."""
+        check_int(op, "num_tokens", num_tokens, 0)
+        table = self._id_tensor(op, "block_ids", block_ids, self.num_blocks)
+        needed = -(-num_tokens // self.block_size)
+        if table.numel() < needed:
+            raise BlockStoreError(
+                f"{op}: {num_tokens} tokens need {needed} blocks of {self.block_size}; "
+                f"the block table holds {table.numel()}"
+            )
+        return table[:needed]
+
+    def _gather(
+        self, table: torch.Tensor, num_tokens: int, layer: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        planes = self._planes if layer is None else self._planes[2 * layer : 2 * layer + 2]
+        # Plane-major rows, so that each plane's blocks land in table order; dim-0 selection
+        # of contiguous rows is one memcpy per row.
+        rows = (table * len(self._planes) + planes[:, None]).view(-1)
+        words = self._plane_rows.index_select(0, rows)
+        padded = table.numel() * self.block_size  # whole blocks; the tail past num_tokens is cut
+        dense = words.view(self.dtype).view(len(planes), padded, self.num_kv_heads, self.head_size)
         if layer is None:
-            dense = words.view(self.dtype).view(self.num_layers, 2, padded, *heads)
+            dense = dense.view(self.num_layers, 2, *dense.shape[1:])
             return dense[:, 0, :num_tokens], dense[:, 1, :num_tokens]
-        dense = words.view(self.dtype).view(2, padded, *heads)
         return dense[0, :num_tokens], dense[1, :num_tokens]
 
     def paged_attention(
@@ -421,17 +434,21 @@ class BlockStore:
         ``[q, num_q_heads, head_size]`` in the store's dtype.
         """
         op = "paged_attention"
-        if not isinstance(query, torch.Tensor) or query.dim() != 3:
+        if not isinstance(query, torch.Tensor):
             raise BlockStoreError(
-                f"{op}: query must be a [q, num_q_heads, head_size] tensor, got "
-                f"{getattr(query, 'shape', type(query))}"
+                f"{op}: query has type {type(query).__name__}; expected a tensor"
+            )
+        if query.layout is not torch.strided or query.dim() != 3:
+            raise BlockStoreError(
+                f"{op}: query is a {query.layout} tensor of shape {tuple(query.shape)}; "
+                "expected a dense [q, num_q_heads, head_size] tensor"
             )
         num_queries, num_q_heads, head_size = query.shape
         if head_size != self.head_size:
             raise BlockStoreError(
                 f"{op}: query head_size {head_size}; expected the store's {self.head_size}"
             )
-        if num_q_heads % self.num_kv_heads != 0:
+        if num_q_heads == 0 or num_q_heads % self.num_kv_heads != 0:
             raise BlockStoreError(
                 f"{op}: {num_q_heads} query heads is not a multiple of the store's "
                 f"{self.num_kv_heads} KV heads; expected grouped-query attention"
@@ -440,17 +457,16 @@ class BlockStore:
             raise BlockStoreError(
                 f"{op}: query has dtype {query.dtype}; expected the store's {self.dtype}"
             )
-        if (
-            not isinstance(num_tokens, int)
-            or isinstance(num_tokens, bool)
-            or not 1 <= num_queries <= num_tokens
-        ):
+        check_device(op, "query", query, self.device)
+        table = self._table(op, block_ids, num_tokens)
+        if not 1 <= num_queries <= num_tokens:
             raise BlockStoreError(
-                f"{op}: {num_queries} queries over {num_tokens!r} tokens; expected "
+                f"{op}: {num_queries} queries over {num_tokens} tokens; expected "
                 "1 <= q <= num_tokens (queries are the request's last tokens)"
             )
         self._check_layer(op, layer)
-        k, v = self.gather(block_ids, num_tokens, layer=layer)
+        scale = check_scale(op, scale)
+        k, v = self._gather(table, num_tokens, layer)
         group = num_q_heads // self.num_kv_heads
         if group > 1:
             k = k.repeat_interleave(group, dim=1)

@@ -5,6 +5,8 @@ across stores and devices."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,12 +34,18 @@ def slots_for(block_table: list[int], num_tokens: int) -> list[int]:
 # ----------------------------------------------------------------------------- layout
 
 
-def test_layout_is_one_stacked_tensor_with_vllm_per_layer_layout() -> None:
+def test_kv_has_vllm_per_layer_shape_and_each_block_is_one_contiguous_span() -> None:
     store = small_store(torch.bfloat16)
     assert store.kv.shape == (LAYERS, 2, 8, BLOCK_SIZE, HEADS, HEAD_SIZE)
     assert store.kv.dtype == torch.bfloat16
     assert store.kv[1].shape == (2, 8, BLOCK_SIZE, HEADS, HEAD_SIZE)  # vLLM's per-layer tensor
     assert store.block_nbytes == LAYERS * 2 * BLOCK_SIZE * HEADS * HEAD_SIZE * 2
+    # Block-major storage: block b, K and V of every layer, is one span of block_nbytes
+    # right after block b - 1: what lets copy_blocks move a block in one memcpy.
+    for block in range(8):
+        assert store.kv[:, :, block].is_contiguous()
+        offset = store.kv[:, :, block].data_ptr() - store.kv[:, :, 0].data_ptr()
+        assert offset == block * store.block_nbytes
 
 
 def test_store_rejects_an_unsupported_dtype_and_a_zero_size() -> None:
@@ -216,22 +224,43 @@ def test_copy_blocks_copies_k_and_v_of_every_layer_and_leaves_sources_unchanged(
     assert torch.equal(store.kv[:, :, untouched], before[:, :, untouched])
 
 
-def test_copy_blocks_in_many_staging_chunks_copies_the_same_as_in_one() -> None:
-    store = filled_store()
-    store.copy_chunk_bytes = 1  # one (plane, block) row per chunk: 2 layers x K,V x 3 blocks
-    before = store.kv.clone()
-    store.copy_blocks([3, 1, 5], [6, 2, 7])
-    for src, dst in ((3, 6), (1, 2), (5, 7)):
-        assert torch.equal(store.kv[:, :, dst], before[:, :, src])
-    assert torch.equal(store.kv[:, :, [0, 1, 3, 4, 5]], before[:, :, [0, 1, 3, 4, 5]])
-
-
 def test_copy_blocks_reads_every_source_before_writing_any_destination() -> None:
     store = filled_store()
     before = store.kv.clone()
     store.copy_blocks([1, 2], [2, 1])  # a swap: 2 receives 1's old content, not its new one
     assert torch.equal(store.kv[:, :, 2], before[:, :, 1])
     assert torch.equal(store.kv[:, :, 1], before[:, :, 2])
+
+
+def test_copy_blocks_along_a_chain_moves_each_block_one_step() -> None:
+    store = filled_store()
+    before = store.kv.clone()
+    store.copy_blocks([1, 2, 3], [2, 3, 4])  # every destination but the last is a source
+    for src, dst in ((1, 2), (2, 3), (3, 4)):
+        assert torch.equal(store.kv[:, :, dst], before[:, :, src])
+    assert torch.equal(store.kv[:, :, 1], before[:, :, 1])
+
+
+def test_copy_blocks_fans_one_source_out_to_several_children() -> None:
+    # Parallel sampling: three children fork the parent's last block in one call.
+    store = filled_store()
+    before = store.kv.clone()
+    store.copy_blocks(torch.tensor([5, 5, 5], dtype=torch.int32), (1, 2, 3))
+    for dst in (1, 2, 3):
+        assert torch.equal(store.kv[:, :, dst], before[:, :, 5])
+
+
+def test_write_may_read_its_key_from_the_cache_itself() -> None:
+    # Moving a token's K/V between slots through the store's own view: the source is read
+    # in full before any slot is written, even where the two overlap.
+    store = filled_store()
+    before = store.kv.clone()
+    key = store.kv[0, 0, 2, :2]  # slots 8, 9 of layer 0's K: a view into the cache
+    value = store.kv[0, 1, 2, :2]
+    store.write([9, 8], key, value, layer=0)  # swap the two tokens
+    assert torch.equal(store.kv[0, 0, 2, 0], before[0, 0, 2, 1])
+    assert torch.equal(store.kv[0, 0, 2, 1], before[0, 0, 2, 0])
+    assert torch.equal(store.kv[0, 1, 2, 0], before[0, 1, 2, 1])
 
 
 @pytest.mark.parametrize(
@@ -326,6 +355,14 @@ def test_without_a_guard_writes_are_unchecked() -> None:
     assert torch.equal(store.kv[0, 0, 0, 0], token[0])
 
 
+def test_the_fork_example_in_the_guide_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    guide = Path(__file__).resolve().parent.parent / "docs" / "block_store.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.DOTALL)
+    (example,) = [b for b in blocks if "ImplPool(8)" in b]
+    exec(compile(example, str(guide), "exec"), {})
+    assert "write: block 1 is shared (ref_cnt 2)" in capsys.readouterr().out
+
+
 def test_store_errors_belong_to_the_kvcache_error_hierarchy() -> None:
     assert issubclass(CopyOnWriteError, BlockStoreError)
     assert issubclass(BlockStoreError, KVCacheError) and issubclass(BlockStoreError, ValueError)
@@ -384,7 +421,7 @@ def test_gathers_are_bit_identical_on_every_available_device() -> None:
 # -------------------------------------------------------------------------- benchmark
 
 
-def test_benchmark_prints_a_row_per_operation_and_the_one_block_overhead(
+def test_benchmark_times_the_store_beside_every_contender_and_says_who_is_ahead(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from kvspec.benchmarks.block_store import main
@@ -393,7 +430,43 @@ def test_benchmark_prints_a_row_per_operation_and_the_one_block_overhead(
     tiny += " --gather-tokens 10 --repeats 1 --min-batch-ms 0"
     assert main(tiny.split()) == 0
     out = capsys.readouterr().out
-    for row in ("copy_blocks 1 block ", "copy_blocks 3 blocks", "gather 10 tokens"):
-        assert row in out
+    for case in ("copy_blocks 1 block ", "copy_blocks 3 blocks", "gather 10 tokens"):
+        assert case in out
+    for callable_ in ("BlockStore.copy_blocks", "per-block copy_ loop",
+                      "index_select + index_copy_ on kv", "index_select + index_copy_, word rows",
+                      "BlockStore.gather", "index_select on kv[layer]",
+                      "reference: plain copy, block by block"):  # fmt: skip
+        assert f"  {callable_}" in out
+    for case in ("copy_blocks 1 block", "copy_blocks 3 blocks", "gather 10 tokens"):
+        assert re.search(rf"^{case}: BlockStore\.\w+ at [0-9.]+x plain copy, (NOT )?ahead of "
+                         "every contender", out, re.MULTILINE)  # fmt: skip
     assert "per-call overhead, 1-block copy_blocks:" in out
     assert f"torch {torch.__version__}" in out
+
+
+def test_benchmark_verdict_compares_the_store_with_contenders_not_with_references() -> None:
+    from kvspec.benchmarks.block_store import Row, verdicts
+
+    def row(name: str, seconds: float) -> Row:
+        return Row("copy_blocks 2 blocks", name, 1 << 20, seconds, 1.0, 1.0 / seconds)
+
+    rows = [row("BlockStore.copy_blocks", 1.25), row("per-block copy_ loop", 2.5),
+            row("reference: plain copy, block by block", 1.1)]  # fmt: skip
+    (line,) = verdicts(rows)
+    assert line == (
+        "copy_blocks 2 blocks: BlockStore.copy_blocks at 0.80x plain copy, ahead of every "
+        "contender (closest: per-block copy_ loop at 0.40x)"
+    )
+    (line,) = verdicts([*rows, row("index_select + index_copy_ on kv", 1.0)])
+    assert "NOT ahead of every contender (closest: index_select + index_copy_ on kv" in line
+
+
+def test_benchmark_refuses_to_time_a_contender_that_does_not_copy() -> None:
+    from kvspec.benchmarks.block_store import check_copy_contender
+
+    store = small_store()
+    check_copy_contender(store, "copy_blocks", lambda: store.copy_blocks([1, 2], [3, 4]),
+                         [1, 2], [3, 4])  # fmt: skip
+    with pytest.raises(AssertionError, match="'swapped' does not copy blocks"):
+        check_copy_contender(store, "swapped", lambda: store.copy_blocks([3, 4], [1, 2]),
+                             [1, 2], [3, 4])  # fmt: skip

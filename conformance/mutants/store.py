@@ -5,6 +5,10 @@ queue position agrees with the spec: the pool-level machine cannot see these bug
 content machine, which reads the K/V back, can. Each class docstring's first line is the
 mutant's summary in the zoo (``kvspec.conformance.mutants``), and says what real mistake it models.
 
+The copy mutants override ``BlockStore._copy_blocks``, the step after the arguments and the
+write guard are checked, so each refuses exactly what the real store refuses and differs only
+in the bytes it moves.
+
 This module imports torch (through the store); the zoo names these classes by import path
 so that listing mutants does not.
 """
@@ -18,57 +22,44 @@ PAD_SLOT_ID = -1
 """The slot id vLLM gives the padding tokens of a batch; cache writes must skip it."""
 
 
-def _pair(store: BlockStore, src_ids: IdsLike, dst_ids: IdsLike) -> tuple[torch.Tensor, ...]:
-    """Validate like ``BlockStore.copy_blocks`` (the guard sees the right destinations) and
-    return the ids as index tensors; the mutants differ only in what they then copy."""
-    op = "copy_blocks"
-    src = store._id_list(op, "src_ids", src_ids, store.num_blocks)
-    dst = store._id_list(op, "dst_ids", dst_ids, store.num_blocks)
-    if len(src) != len(dst):
-        raise ValueError(f"{op}: {len(src)} source ids but {len(dst)} destination ids")
-    store._check_writable(op, dst)
-    as_index = {"dtype": torch.int64, "device": store.device}
-    return torch.tensor(src, **as_index), torch.tensor(dst, **as_index)
-
-
 class ForkSharesInsteadOfCopying(BlockStore):
     """Fork hands out a new block but the copy is never issued: the child reads stale K/V.
 
     Models a scheduler step that builds its copy-on-write list (``fork_block`` returned a
     fresh id, the table was updated) but never hands that list to the cache engine, so the
-    copy is skipped. Ids are all correct; the new block simply holds whatever its last owner
-    left there, or zeros.
+    copy is skipped. Ids are all correct and the call is validated as usual; the new block
+    simply holds whatever its last owner left there, or zeros.
     """
 
-    def copy_blocks(self, src_ids: IdsLike, dst_ids: IdsLike) -> None:
-        _pair(self, src_ids, dst_ids)
+    def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
+        return  # the validated pairs are dropped: nothing is copied
 
 
 class CopyWrongDirection(BlockStore):
     """``copy_blocks`` copies destination onto source: the shared block gets the stale copy.
 
-    Models swapped index tensors inside the copy kernel (a gather from ``dst`` scattered
-    into ``src``), while the argument check still guards the right side. The fresh block
-    keeps its old content and the block the parent (and the prefix cache) still reads is
+    Models swapped operands inside the copy kernel (the destinations' views passed as the
+    sources), while the argument check still guards the right side. The fresh block keeps
+    its old content and the block the parent (and the prefix cache) still reads is
     overwritten with it.
     """
 
-    def copy_blocks(self, src_ids: IdsLike, dst_ids: IdsLike) -> None:
-        src, dst = _pair(self, src_ids, dst_ids)
-        self.kv[:, :, src] = self.kv[:, :, dst]
+    def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
+        super()._copy_blocks(dst, src)
 
 
 class CopyOnlyKeys(BlockStore):
     """``copy_blocks`` copies the K cache and forgets the V cache.
 
     Models a copy written over per-layer ``key_caches`` and ``value_caches`` lists (vLLM's
-    older cache-engine signature) where the loop over the value caches was dropped. Attention
-    over the copy uses the right keys with the wrong values.
+    older cache-engine signature) where the loop over the value caches was dropped: here,
+    the copy of each block takes its K half (every layer) and leaves the V half behind.
+    Attention over the copy uses the right keys with the wrong values.
     """
 
-    def copy_blocks(self, src_ids: IdsLike, dst_ids: IdsLike) -> None:
-        src, dst = _pair(self, src_ids, dst_ids)
-        self.kv[:, 0, dst] = self.kv[:, 0, src]
+    def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
+        blocks = self._blocks  # one view per block: [num_layers, 2, block_size, heads, size]
+        torch._foreach_copy_([blocks[d][:, 0] for d in dst], [blocks[s][:, 0] for s in src])
 
 
 class PaddedWriteWrapsPadSlot(BlockStore):
