@@ -247,6 +247,11 @@ def hit_content(snap: ManagerSnapshot) -> list[str]:
 
     Catches every way a key can lie: a hash that ignores the parent or an extra key, a
     weak hash that collides, a partial block cached, a stale key left on a reused block.
+
+    In ``classic`` it assumes :data:`DISTINCT_IDENTITIES`: vLLM 0.22.x keys a LoRA adapter
+    and a cache salt by their bare strings, so an adapter named like a tenant's salt shares
+    that tenant's keys, and its lookups hit the tenant's blocks. That is upstream's
+    behaviour, which the spec mirrors; 0.24 tagged the keys by kind (``current``).
     """
     out: list[str] = []
     for h in snap.hits:
@@ -311,11 +316,21 @@ def stats_match_hits(snap: ManagerSnapshot) -> list[str]:
     return out
 
 
+DISTINCT_IDENTITIES = (
+    "no LoRA adapter is named like a cache salt in use (classic keys both untagged)"
+)
+"""What ``hit-content`` assumes in the ``classic`` profile."""
+
+
 @dataclass(frozen=True)
 class ManagerInvariant:
+    """A named manager invariant. ``assumes`` maps a profile name to the usage discipline
+    the invariant relies on in that profile (absent: it holds after any sequence)."""
+
     name: str
     statement: str
     check: Callable[[ManagerSnapshot], list[str]]
+    assumes: Mapping[str, str] = field(default_factory=dict)
 
 
 MANAGER_INVARIANTS: dict[str, ManagerInvariant] = {
@@ -333,6 +348,7 @@ MANAGER_INVARIANTS: dict[str, ManagerInvariant] = {
             "hit-content",
             "a hit's blocks hold exactly the request's prefix (tokens and identity keys)",
             hit_content,
+            assumes={"classic": DISTINCT_IDENTITIES},
         ),
         ManagerInvariant(
             "shared-iff-counted",

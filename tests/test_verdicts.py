@@ -125,3 +125,23 @@ def test_conformance_has_no_import_cycles() -> None:
 
     for module in graph:
         visit(module, [])
+
+
+def test_classic_keys_a_lora_named_like_a_salt_alike_and_hit_content_says_it_assumes_not() -> None:
+    """vLLM 0.22.x keys extra keys untagged: an adapter named ``x`` hits a tenant salted
+    ``x``. The spec mirrors it, so in ``classic`` hit-content is waived when it happens
+    (not a false alarm); in ``current`` the keys differ and nothing is hit."""
+    steps = [
+        Step("add_request", {"request_id": "r0", "prompt_token_ids": [1, 2, 3, 4],
+                             "cache_salt": "x"}),
+        Step("get_computed_blocks", {"request_id": "r0"}),
+        Step("allocate_slots", {"request_id": "r0", "num_new_tokens": 4}),
+        Step("add_request", {"request_id": "r1", "prompt_token_ids": [1, 2, 3, 4, 5],
+                             "lora_name": "x"}),
+        Step("get_computed_blocks", {"request_id": "r1"}),
+    ]
+    config = {"num_blocks": 4, "block_size": 2}
+    classic = replay_trace(Trace("manager", {**config, "profile": "classic"}, steps), "impl")
+    assert classic.ok and set(classic.waived) == {"hit-content"}
+    current = replay_trace(Trace("manager", {**config, "profile": "current"}, steps), "impl")
+    assert current.ok and not current.waived

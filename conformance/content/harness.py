@@ -24,9 +24,17 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from hypothesis import strategies as st
 from kvspec.conformance.content.driver import ContentConfig, ContentDriver, start_driver
-from kvspec.conformance.level import Domain, Harness, Recorder, RunOptions, move
+from kvspec.conformance.level import (
+    Domain,
+    Harness,
+    Recorder,
+    RunOptions,
+    integers,
+    move,
+    one_of,
+    sequences,
+)
 from kvspec.conformance.trace import Step
 
 TOKENS = (0, 1)
@@ -34,8 +42,8 @@ MAX_PROMPT = 6
 MAX_REQUESTS = 5
 """Live requests at most: more only stalls everyone on a full pool."""
 
-INDEX = Domain(st.integers(0, 7))
-TOKEN = Domain(st.sampled_from(TOKENS))
+INDEX = Domain(integers(0, 7))
+TOKEN = Domain(one_of(TOKENS))
 
 
 class ContentHarness(Harness):
@@ -73,8 +81,7 @@ class ContentHarness(Harness):
     def act(self, op: str, **args: Any) -> int | None:
         return self.do(op, **args).result
 
-    @move(prompt=Domain(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=MAX_PROMPT)
-                        .map(tuple)), weight=3, enabled=room)
+    @move(prompt=Domain(sequences(TOKENS, 1, MAX_PROMPT)), weight=3, enabled=room)
     def admit(self, prompt: tuple[int, ...]) -> None:
         """A new request: prefix hits, fresh blocks for the rest, its K/V written."""
         rid = self.act("admit", prompt=list(prompt))
@@ -93,9 +100,8 @@ class ContentHarness(Harness):
         if rid is not None:
             self.live.append(rid)
 
-    @move(index=INDEX, tokens=Domain(st.lists(st.sampled_from(TOKENS), min_size=2, max_size=2,
-                                              unique=True).map(tuple)),
-          weight=2, enabled=lambda h: h.has_requests() and h.room())
+    @move(index=INDEX, tokens=Domain(lambda rng: tuple(rng.sample(TOKENS, 2))), weight=2,
+          enabled=lambda h: h.has_requests() and h.room())
     def sample_two(self, index: int, tokens: tuple[int, ...]) -> None:
         """Fork, then parent and child each decode a different token: the write that makes
         copy-on-write necessary, at once."""
@@ -129,9 +135,6 @@ class ContentHarness(Harness):
         """Reset the prefix cache while no request runs (the only time it may)."""
         self.act("reset")
 
-    def pressure(self) -> float:
-        spec = self.driver.spec
-        return 1.0 - len(spec.free_queue) / max(1, spec.num_blocks - 1)
 
     def check_bookkeeping(self) -> None:
         self.driver.check_bookkeeping()

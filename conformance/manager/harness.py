@@ -29,12 +29,21 @@ Why the arguments look the way they do (see HARNESS.md):
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hypothesis import strategies as st
-from kvspec.conformance.level import Domain, Harness, Recorder, RunOptions, move
+from kvspec.conformance.level import (
+    Domain,
+    Harness,
+    Recorder,
+    RunOptions,
+    integers,
+    move,
+    one_of,
+    sequences,
+)
 from kvspec.conformance.manager.driver import ManagerConfig, ManagerDriver, start_driver
 from kvspec.conformance.trace import Step
 from kvspec.spec import manager as sm
@@ -120,15 +129,17 @@ def _has(state: str) -> Callable[[ManagerHarness], bool]:
     return lambda h: bool(h.with_state(state))
 
 
-INDEX = Domain(st.integers(0, 7))
-TOKEN = Domain(st.sampled_from(SAMPLED_TOKENS))
-LOOKAHEAD = Domain(st.integers(0, 2))
-PROMPT = Domain(
-    st.builds(lambda p, n, tail: PREFIXES[p][:n] + tuple(tail) or (TAIL_TOKENS[0],),
-              st.integers(0, len(PREFIXES) - 1), st.integers(0, len(PREFIXES[0])),
-              st.lists(st.sampled_from(TAIL_TOKENS), max_size=3)),
-)
-IDENTITY = Domain(st.sampled_from(IDENTITIES))
+def _prompt(rng: random.Random) -> tuple[int, ...]:
+    """A prefix of one of the base prompts, plus a short tail."""
+    prefix = PREFIXES[rng.randrange(len(PREFIXES))][: rng.randint(0, len(PREFIXES[0]))]
+    return prefix + sequences(TAIL_TOKENS, 0, 3)(rng) or (TAIL_TOKENS[0],)
+
+
+INDEX = Domain(integers(0, 7))
+TOKEN = Domain(one_of(SAMPLED_TOKENS))
+LOOKAHEAD = Domain(integers(0, 2))
+PROMPT = Domain(_prompt)
+IDENTITY = Domain(one_of(IDENTITIES))
 
 
 class ManagerHarness(Harness):
@@ -200,8 +211,7 @@ class ManagerHarness(Harness):
         if out.refused is None:
             self.requests.append(Sched(rid, "waiting"))
 
-    @move(index=INDEX, cut=Domain(st.integers(0, 3)),
-          tail=Domain(st.lists(st.sampled_from(TAIL_TOKENS), max_size=2).map(tuple)),
+    @move(index=INDEX, cut=Domain(integers(0, 3)), tail=Domain(sequences(TAIL_TOKENS, 0, 2)),
           weight=2, enabled=lambda h: h.has_room() and bool(h.requests))
     def add_like(self, index: int, cut: int, tail: tuple[int, ...]) -> None:
         """A new request repeats an earlier one's tokens (outputs too), minus ``cut``
@@ -226,7 +236,7 @@ class ManagerHarness(Harness):
             self.note("hit-capped")  # the whole prompt is cached; the last block is not hit
         self.do("get_computed_blocks", request_id=s.request_id)
 
-    @move(index=INDEX, chunk=Domain(st.integers(0, 8)), lookahead=LOOKAHEAD,
+    @move(index=INDEX, chunk=Domain(integers(0, 8)), lookahead=LOOKAHEAD,
           weight=4, enabled=_has("waiting"))
     def admit(self, index: int, chunk: int, lookahead: int) -> None:
         """Schedule a waiting request: look it up, then allocate a chunk adopting the hits.
@@ -248,7 +258,7 @@ class ManagerHarness(Harness):
         if out:
             self.update(s, state="running", pending=num_hit + num_new)
 
-    @move(index=INDEX, chunk=Domain(st.integers(1, 8)), lookahead=LOOKAHEAD,
+    @move(index=INDEX, chunk=Domain(integers(1, 8)), lookahead=LOOKAHEAD,
           weight=4, enabled=lambda h: bool(h.idle_running()))
     def step(self, index: int, chunk: int, lookahead: int) -> None:
         """One step of a running request: a prefill chunk, or one decode token."""
@@ -342,7 +352,7 @@ class ManagerHarness(Harness):
 
     # -------------------------------------------------------------- composite flows
 
-    @move(index=INDEX, chunk=Domain(st.integers(0, 8)), lookahead=LOOKAHEAD, token=TOKEN,
+    @move(index=INDEX, chunk=Domain(integers(0, 8)), lookahead=LOOKAHEAD, token=TOKEN,
           weight=6,
           enabled=_has("waiting"))
     def schedule(self, index: int, chunk: int, lookahead: int, token: int) -> None:
@@ -352,7 +362,7 @@ class ManagerHarness(Harness):
         self.admit(self.with_state("waiting").index(s), chunk, lookahead)
         self.run_to_end_of_step(s.request_id, token)
 
-    @move(index=INDEX, chunk=Domain(st.integers(1, 8)), lookahead=LOOKAHEAD, token=TOKEN,
+    @move(index=INDEX, chunk=Domain(integers(1, 8)), lookahead=LOOKAHEAD, token=TOKEN,
           weight=6,
           enabled=lambda h: bool(h.idle_running()))
     def decode(self, index: int, chunk: int, lookahead: int, token: int) -> None:
@@ -376,7 +386,7 @@ class ManagerHarness(Harness):
         else:
             self.do("append_output_tokens", request_id=request_id, token_ids=[token])
 
-    @move(leave=Domain(st.integers(0, 3)), token=Domain(st.integers(0, 3)), weight=2,
+    @move(leave=Domain(integers(0, 3)), token=Domain(integers(0, 3)), weight=2,
           enabled=has_room)
     def fill(self, leave: int, token: int) -> None:
         """A request of its own tokens takes all free blocks but ``leave``: the pool is then
@@ -389,8 +399,8 @@ class ManagerHarness(Harness):
         self.schedule(len(self.with_state("waiting")) - 1, 8 * num_blocks, 0,
                       SAMPLED_TOKENS[0])
 
-    @move(index=INDEX, leave=Domain(st.integers(0, 5)), cut=Domain(st.integers(0, 3)),
-          chunk=Domain(st.integers(0, 8)), token=TOKEN, weight=3,
+    @move(index=INDEX, leave=Domain(integers(0, 5)), cut=Domain(integers(0, 3)),
+          chunk=Domain(integers(0, 8)), token=TOKEN, weight=3,
           enabled=lambda h: bool(h.with_state("finished")) and h.live() < MAX_REQUESTS - 1)
     def follow_up(self, index: int, leave: int, cut: int, chunk: int, token: int) -> None:
         """A finished request's next turn arrives while the pool is busy.
@@ -410,7 +420,7 @@ class ManagerHarness(Harness):
 
     # -------------------------------------------------------------- bad input
 
-    @move(kind=Domain(uniform=BAD_INPUTS), pick=INDEX, weight=2,
+    @move(kind=Domain(one_of(BAD_INPUTS)), pick=INDEX, weight=2,
           enabled=lambda h: bool(h.bad_kinds))
     def bad(self, kind: str, pick: int) -> None:
         """An operation the spec refuses: the target must raise and change nothing."""
@@ -473,9 +483,6 @@ class ManagerHarness(Harness):
             if s.state != "running":
                 assert not table, f"harness bookkeeping: {s.state} {s.request_id} holds blocks"
 
-    def pressure(self) -> float:
-        pool = self.spec.pool
-        return 1.0 - len(pool.free_queue) / max(1, pool.num_blocks - 1)
 
 
 def start(factory: Any, config: ManagerConfig, options: RunOptions, recorder: Recorder

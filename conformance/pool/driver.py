@@ -214,8 +214,10 @@ class PoolDriver:
         )
 
     def _remember_hash(self, step: Step) -> None:
+        """Observe lookups of every hash ever cached. (A lookup of a hash never cached is
+        judged by its own result; observing it on every later step would add nothing.)"""
         h = step.args.get("block_hash")
-        if isinstance(h, bytes) and h not in self.known_hashes:
+        if step.op == "cache_block" and isinstance(h, bytes) and h not in self.known_hashes:
             self.known_hashes.append(h)
 
     def clone(self) -> PoolDriver:

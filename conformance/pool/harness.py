@@ -27,8 +27,16 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any
 
-from hypothesis import strategies as st
-from kvspec.conformance.level import Domain, Harness, Recorder, RunOptions, move
+from kvspec.conformance.level import (
+    Domain,
+    Harness,
+    Recorder,
+    RunOptions,
+    integers,
+    move,
+    one_of,
+    sequences,
+)
 from kvspec.conformance.pool.driver import PoolConfig, PoolDriver, start_driver
 from kvspec.conformance.trace import Step
 from kvspec.spec import pool as sp
@@ -91,17 +99,16 @@ class Table:
 # Each domain: the random engine's strategy, and the small values with which the test suite
 # explores the moves exhaustively on the spec (every invariant must hold on every state the
 # moves reach: they keep the usage discipline the invariants assume).
-SYMBOLS = st.sampled_from(ALPHABET)
 
 
 def _contents(max_len: int, min_len: int = 0) -> tuple[tuple[str, ...], ...]:
     return tuple(c for n in range(min_len, max_len + 1) for c in product(ALPHABET, repeat=n))
 
 
-INDEX = Domain(st.integers(0, 7), lambda h: range(len(h.tables)))
-NEW_CONTENT = Domain(st.lists(SYMBOLS, max_size=MAX_TABLE).map(tuple), _contents(2))
-GROWTH = Domain(st.lists(SYMBOLS, min_size=1, max_size=2).map(tuple), _contents(1, 1))
-PREFIX = Domain(st.lists(SYMBOLS, min_size=1, max_size=MAX_TABLE).map(tuple), _contents(2, 1))
+INDEX = Domain(integers(0, 7), lambda h: range(len(h.tables)))
+NEW_CONTENT = Domain(sequences(ALPHABET, 0, MAX_TABLE), _contents(2))
+GROWTH = Domain(sequences(ALPHABET, 1, 2), _contents(1, 1))
+PREFIX = Domain(sequences(ALPHABET, 1, MAX_TABLE), _contents(2, 1))
 
 
 class PoolHarness(Harness):
@@ -203,7 +210,7 @@ class PoolHarness(Harness):
             self.do("cache_block", block_id=block, block_hash=h, parent=parent)
             return
 
-    @move(index=INDEX, count=Domain(st.integers(1, MAX_TABLE)), weight=2, enabled=has_tables)
+    @move(index=INDEX, count=Domain(integers(1, MAX_TABLE)), weight=2, enabled=has_tables)
     def cache_full(self, index: int, count: int) -> None:
         """Up to ``count`` more full blocks of a request enter the prefix cache, in order."""
         for _ in range(count):
@@ -248,8 +255,7 @@ class PoolHarness(Harness):
         for _ in content:
             self.cache_next(len(self.tables) - 1)
 
-    @move(content=Domain(st.lists(SYMBOLS, min_size=1, max_size=3).map(tuple), ()), weight=3,
-          enabled=has_room)
+    @move(content=Domain(sequences(ALPHABET, 1, 3)), weight=3, enabled=has_room)
     def recompute(self, content: tuple[str, ...]) -> None:
         """A request that does not read the prefix cache (upstream: prompt logprobs) still
         writes to it: its blocks are fresh and cached, duplicates of any cached copy."""
@@ -259,7 +265,7 @@ class PoolHarness(Harness):
             for _ in content:
                 self.cache_next(len(self.tables) - 1)
 
-    @move(leave=Domain(st.integers(0, 2), ()), symbol=Domain(SYMBOLS, ()), weight=2,
+    @move(leave=Domain(integers(0, 2)), symbol=Domain(one_of(ALPHABET)), weight=2,
           enabled=has_room)
     def fill(self, leave: int, symbol: str) -> None:
         """A request takes every free block but ``leave`` and caches them: the pool is then
@@ -325,8 +331,7 @@ class PoolHarness(Harness):
             t.blocks[slot] = out.result
             t.num_cached = min(t.num_cached, slot)
 
-    @move(content=Domain(st.lists(SYMBOLS, max_size=2).map(tuple), (("a",),)),
-          enabled=has_room)
+    @move(content=Domain(sequences(ALPHABET, 0, 2), (("a",),)), enabled=has_room)
     def allocate_behind_null(self, content: tuple[str, ...]) -> None:
         """A request whose first slot is the null placeholder (a skipped window prefix).
 
@@ -350,8 +355,8 @@ class PoolHarness(Harness):
 
     # -------------------------------------------------------------- bad input
 
-    @move(kind=Domain(values=BAD_INPUTS, uniform=BAD_INPUTS),
-          pick=Domain(st.integers(0, 7), (0,)), extra=Domain(st.integers(1, 3), (1,)),
+    @move(kind=Domain(one_of(BAD_INPUTS), BAD_INPUTS), pick=Domain(integers(0, 7), (0,)),
+          extra=Domain(integers(1, 3), (1,)),
           weight=2, enabled=lambda h: h.bad_input)
     def bad(self, kind: str, pick: int, extra: int) -> None:
         """An operation the spec refuses: the target must raise and change nothing.
@@ -418,9 +423,6 @@ class PoolHarness(Harness):
                 f"but held {held[b]} times"
             )
 
-    def pressure(self) -> float:
-        """How full the pool is (the random engine steers toward full pools)."""
-        return 1.0 - self.free_count() / max(1, self.spec.num_blocks - 1)
 
 
 def start(factory: Any, config: PoolConfig, options: RunOptions, recorder: Recorder
