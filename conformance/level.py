@@ -162,21 +162,29 @@ class Recorder:
 
 
 _UNPICKLABLE: set[type] = set()
+_UNCOPYABLE: set[type] = set()
 
 
-def copy_target(target: Any) -> Any:
+def copy_target(target: Any, rebuild: Callable[[], Any]) -> Any:
     """An independent copy of a target, hidden state included.
 
     A pickle round trip is about twice as fast as ``copy.deepcopy`` on a small pool and
-    copies the same object graph; targets that cannot be pickled are deep-copied.
+    copies the same object graph; a target that cannot be pickled is deep-copied, and one
+    that cannot be copied at all (it holds a module, a lock...) is rebuilt by ``rebuild``,
+    which replays the steps so far on a fresh target. Each fallback is found once per type.
     """
     kind = type(target)
     if kind not in _UNPICKLABLE:
         try:
             return pickle.loads(pickle.dumps(target, pickle.HIGHEST_PROTOCOL))
-        except Exception:  # noqa: BLE001 - any pickling failure: fall back, once per type
+        except Exception:  # noqa: BLE001 - any pickling failure: fall back
             _UNPICKLABLE.add(kind)
-    return copy.deepcopy(target)
+    if kind not in _UNCOPYABLE:
+        try:
+            return copy.deepcopy(target)
+        except Exception:  # noqa: BLE001 - any copying failure: rebuild instead
+            _UNCOPYABLE.add(kind)
+    return rebuild()
 
 
 class Harness:

@@ -105,6 +105,9 @@ def explore(
         if key not in seen:
             seen.add(key)
             frontier.append(harness)
+    # The budget counts the search, not the first target's construction (which may import
+    # a large package, as the vLLM target does).
+    start = time.perf_counter()
     depth = 0
     transitions = 0
     waived: set[str] = set()

@@ -49,6 +49,7 @@ structure from the target's own hash chains.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from collections.abc import Callable, Hashable, Sequence
@@ -212,10 +213,8 @@ class ManagerDriver:
             config.num_blocks, config.block_size, enable_caching=config.enable_caching,
             profile=self.profile,
         )
-        self.target = factory(
-            config.num_blocks, config.block_size, enable_caching=config.enable_caching,
-            profile=config.profile,
-        )
+        self.factory = factory
+        self.target = self._new_target()
         self.on_check = on_check
         self.steps: list[Step] = []
         self.requests: dict[str, Request] = {}
@@ -249,11 +248,26 @@ class ManagerDriver:
             waived=dict(self.waived),
         )
 
+    def _new_target(self) -> ManagerTarget:
+        c = self.config
+        return self.factory(c.num_blocks, c.block_size, enable_caching=c.enable_caching,
+                            profile=c.profile)
+
+    def _rebuilt_target(self) -> ManagerTarget:
+        """A fresh target brought to this one's state by replaying the steps so far (a
+        refused step raises there as it did here)."""
+        target = self._new_target()
+        for step in self.steps:
+            # A refusal raises here as it did when the step was judged.
+            with contextlib.suppress(Exception):
+                _call_target(target, step)
+        return target
+
     def clone(self) -> ManagerDriver:
         """An independent copy: spec, target, requests and the driver's records."""
         twin = copy.copy(self)
         twin.spec = self.spec.clone()
-        twin.target = copy_target(self.target)
+        twin.target = copy_target(self.target, self._rebuilt_target)
         twin.steps = list(self.steps)
         twin.requests = {rid: _copy_request(req) for rid, req in self.requests.items()}
         twin.running = set(self.running)

@@ -25,6 +25,7 @@ allows, and queue order is not compared.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -165,9 +166,8 @@ class PoolDriver:
         self.spec = sp.init_pool(
             config.num_blocks, enable_caching=config.enable_caching, profile=self.profile
         )
-        self.target = factory(
-            config.num_blocks, enable_caching=config.enable_caching, profile=config.profile
-        )
+        self.factory = factory
+        self.target = self._new_target()
         self.steps: list[Step] = []
         self.known_hashes: list[bytes] = []
         self.on_check = on_check
@@ -220,12 +220,26 @@ class PoolDriver:
         if step.op == "cache_block" and isinstance(h, bytes) and h not in self.known_hashes:
             self.known_hashes.append(h)
 
+    def _new_target(self) -> PoolTarget:
+        c = self.config
+        return self.factory(c.num_blocks, enable_caching=c.enable_caching, profile=c.profile)
+
+    def _rebuilt_target(self) -> PoolTarget:
+        """A fresh target brought to this one's state by replaying the steps so far (a
+        refused step raises there as it did here)."""
+        target = self._new_target()
+        for step in self.steps:
+            # A refusal raises here as it did when the step was judged.
+            with contextlib.suppress(Exception):
+                TARGET_STEPS[step.op](target, step.args)
+        return target
+
     def clone(self) -> PoolDriver:
         """An independent copy: spec, target (:func:`~kvspec.conformance.level.copy_target`)
         and the steps so far."""
         twin = copy.copy(self)
         twin.spec = self.spec.clone()
-        twin.target = copy_target(self.target)
+        twin.target = copy_target(self.target, self._rebuilt_target)
         twin.steps = list(self.steps)
         twin.known_hashes = list(self.known_hashes)
         twin.waived = dict(self.waived)
