@@ -91,12 +91,13 @@ class ManagerState:
 
     def clone(self) -> ManagerState:
         """An independent copy."""
-        return replace(
-            self,
+        return ManagerState(
             pool=self.pool.clone(),
+            block_size=self.block_size,
+            max_model_len=self.max_model_len,
             req_to_blocks={r: list(t) for r, t in self.req_to_blocks.items()},
             num_cached_block=dict(self.num_cached_block),
-            stats=replace(self.stats),
+            stats=PrefixCacheStats(*self.stats.as_tuple()),
         )
 
     def key(self) -> tuple:

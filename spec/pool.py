@@ -21,7 +21,7 @@ what a reviewer reads against ``SEMANTICS.md``, one rule at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from kvspec.spec import errors
 from kvspec.spec.errors import Refused
@@ -45,8 +45,10 @@ class PoolState:
 
     def clone(self) -> PoolState:
         """An independent copy (the profile is immutable and shared)."""
-        return replace(
-            self,
+        return PoolState(
+            num_blocks=self.num_blocks,
+            enable_caching=self.enable_caching,
+            profile=self.profile,
             ref_cnt=list(self.ref_cnt),
             block_hash=list(self.block_hash),
             free_queue=list(self.free_queue),
