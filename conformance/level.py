@@ -160,6 +160,10 @@ class Recorder:
     def __deepcopy__(self, memo: dict[int, Any]) -> Recorder:
         return self
 
+    def count_check(self, invariant: str) -> None:
+        """A driver's ``on_check``: one more check of ``invariant``."""
+        self.stats.invariant_checks[invariant] += 1
+
 
 _UNPICKLABLE: set[type] = set()
 _UNCOPYABLE: set[type] = set()

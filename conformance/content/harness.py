@@ -143,11 +143,7 @@ class ContentHarness(Harness):
 def start(factory: Any, config: ContentConfig, options: RunOptions, recorder: Recorder
           ) -> ContentHarness:
     """A content harness over a fresh pool target and store, the fresh state judged."""
-
-    def count(name: str) -> None:
-        recorder.stats.invariant_checks[name] += 1
-
-    driver = start_driver(factory, config, on_check=count,
+    driver = start_driver(factory, config, on_check=recorder.count_check,
                           judge_bad_input=options.checks_bad_input)
     return ContentHarness(driver, recorder)
 

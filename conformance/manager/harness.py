@@ -484,15 +484,10 @@ class ManagerHarness(Harness):
                 assert not table, f"harness bookkeeping: {s.state} {s.request_id} holds blocks"
 
 
-
 def start(factory: Any, config: ManagerConfig, options: RunOptions, recorder: Recorder
           ) -> ManagerHarness:
     """A manager harness over a fresh target, the fresh state judged."""
-
-    def count(name: str) -> None:
-        recorder.stats.invariant_checks[name] += 1
-
-    driver = start_driver(factory, config, on_check=count,
+    driver = start_driver(factory, config, on_check=recorder.count_check,
                           judge_bad_input=options.checks_bad_input)
     unsupported = unsupported_bad_inputs(factory)
     kinds = tuple(k for k in BAD_INPUTS if k not in unsupported)

@@ -38,6 +38,7 @@ from kvspec.conformance.level import (
     sequences,
 )
 from kvspec.conformance.pool.driver import PoolConfig, PoolDriver, start_driver
+from kvspec.conformance.pool.targets import unsupported_operations
 from kvspec.conformance.trace import Step
 from kvspec.spec import pool as sp
 
@@ -424,23 +425,12 @@ class PoolHarness(Harness):
             )
 
 
-
 def start(factory: Any, config: PoolConfig, options: RunOptions, recorder: Recorder
           ) -> PoolHarness:
     """A pool harness over a fresh target, the fresh state judged."""
-
-    def count(name: str) -> None:
-        recorder.stats.invariant_checks[name] += 1
-
-    driver = start_driver(factory, config, on_check=count,
+    driver = start_driver(factory, config, on_check=recorder.count_check,
                           judge_bad_input=options.checks_bad_input)
-    return PoolHarness(driver, recorder, options, unsupported_of(factory))
-
-
-def unsupported_of(factory: Any) -> frozenset[str]:
-    from kvspec.conformance.pool.targets import unsupported_operations
-
-    return unsupported_operations(factory)
+    return PoolHarness(driver, recorder, options, unsupported_operations(factory))
 
 
 def simplify(step: Step) -> Iterator[Step]:
