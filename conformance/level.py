@@ -214,6 +214,8 @@ class Harness:
         self.recorder = recorder
         self.current_move = "-"
         self.last_outcome: Outcome | None = None
+        self.move_starts: list[int] = []
+        """Where each move's steps begin in the driver's steps (for the minimizer)."""
 
     def do(self, op: str, **args: Any) -> Outcome:
         """Take one protocol step through the driver, counted under the current move."""
@@ -234,6 +236,7 @@ class Harness:
 
     def run_move(self, m: Move, args: dict[str, Any]) -> None:
         self.current_move = m.name
+        self.move_starts.append(len(self.driver.steps))
         m.run(self, **args)
 
     def key(self) -> Hashable:
@@ -259,6 +262,7 @@ class Harness:
     def shallow_copy(self) -> Harness:
         twin = self.__class__.__new__(self.__class__)
         twin.__dict__.update(self.__dict__)
+        twin.move_starts = list(self.move_starts)
         return twin
 
     def clone(self) -> Harness:

@@ -61,6 +61,9 @@ class Divergence(AssertionError):
     waived: dict[str, str] = field(default_factory=dict)
     """Invariants not checked by the time of the failure, each with why (the sequence left
     the usage discipline they assume)."""
+    groups: list[int] = field(default_factory=list)
+    """Indices in ``steps`` where a harness move began (the minimizer removes whole moves
+    first); empty when unknown."""
 
     def __str__(self) -> str:
         return f"[{self.caught_by}] {self.message}"

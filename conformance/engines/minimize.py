@@ -7,9 +7,11 @@ that no longer diverges: it replays without divergence, or it leaves the scope o
 where there is nothing to judge). A spec error is minimized as a spec error, a target
 divergence as a target divergence.
 
-How: steps after the failing one are dropped; then delta debugging (Zeller's ddmin)
-removes chunks of steps, halving the chunk size down to single steps; then each argument
-is lowered one at a time; both repeat until nothing changes. Each candidate is replayed
+How: steps after the failing one are dropped; delta debugging (Zeller's ddmin) removes
+whole moves first, when the engine recorded them, then chunks of steps, halving the chunk
+size down to single steps, then windows of two and three consecutive steps; then the pool
+is made smaller and each argument is lowered, one at a time; all of it repeats until
+nothing changes. Each candidate is replayed
 from a fresh target, which costs microseconds per step, so this is much faster than
 shrinking through Hypothesis and, unlike it, guarantees 1-minimality.
 """
@@ -65,34 +67,75 @@ def minimize(level: Level, factory: Any, options: RunOptions, failure: Divergenc
     best = fails(failure.config, list(failure.steps))
     if best is None:  # a failure that does not reproduce from its trace is kept as it is
         return Minimized(failure, replays, reproduced=False)
+    if failure.groups:  # whole moves first: they keep lookups and their admissions together
+        units = _regroup(best.steps, failure.groups)
+        best = _ddmin(best, units, lambda steps, c=best.config: fails(c, steps))
     while True:
         config = best.config
-        shorter = _ddmin(best, lambda steps, config=config: fails(config, steps))
+        shorter = _ddmin(best, [[s] for s in best.steps],
+                         lambda steps, config=config: fails(config, steps))
+        shorter = _drop_windows(shorter, lambda steps, config=config: fails(config, steps))
         simpler = _simplify(level, shorter, fails)
         if simpler is shorter:
             return Minimized(simpler, replays)
         best = simpler
 
 
-def _ddmin(failure: Divergence, fails: Callable[[list[Step]], Divergence | None]
-           ) -> Divergence:
-    """Remove chunks of steps, then single steps, while the sequence still fails."""
+def _regroup(steps: list[Step], starts: list[int]) -> list[list[Step]]:
+    """``steps`` cut at the given start indices (the moves that took them)."""
+    cuts = sorted({0, *(i for i in starts if 0 < i < len(steps))}) + [len(steps)]
+    return [steps[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def _ddmin(failure: Divergence, units: list[list[Step]],
+           fails: Callable[[list[Step]], Divergence | None]) -> Divergence:
+    """Remove chunks of units (steps, or the steps of whole moves), halving the chunk down
+    to single units, while the sequence still fails."""
     best = failure
-    chunk = max(1, len(best.steps) // 2)
-    while best.steps:
+    chunk = max(1, len(units) // 2)
+    while units:
         removed = False
         start = 0
-        while start < len(best.steps):
-            candidate = best.steps[:start] + best.steps[start + chunk:]
-            found = fails(candidate)
+        while start < len(units):
+            kept = units[:start] + units[start + chunk:]
+            found = fails([s for unit in kept for s in unit])
             if found is not None:
                 best = found  # its steps end at the (possibly earlier) failing step
+                units = _truncate(kept, len(found.steps))
                 removed = True
             else:
                 start += chunk
         if chunk == 1 and not removed:
             return best
-        chunk = max(1, chunk // 2) if not removed else max(1, min(chunk, len(best.steps) // 2))
+        chunk = max(1, chunk // 2) if not removed else max(1, min(chunk, len(units) // 2))
+    return best
+
+
+def _truncate(units: list[list[Step]], length: int) -> list[list[Step]]:
+    """The units covering the first ``length`` steps."""
+    out: list[list[Step]] = []
+    for unit in units:
+        if length <= 0:
+            break
+        out.append(unit[:length])
+        length -= len(unit)
+    return out
+
+
+def _drop_windows(failure: Divergence, fails: Callable[[list[Step]], Divergence | None]
+                  ) -> Divergence:
+    """Remove two or three consecutive steps at every position (a lookup with its
+    admission, a step with its compute): single removals cannot, when each alone leaves the
+    sequence out of scope."""
+    best = failure
+    for width in (2, 3):
+        i = 0
+        while i + width <= len(best.steps):
+            found = fails(best.steps[:i] + best.steps[i + width:])
+            if found is not None:
+                best = found
+            else:
+                i += 1
     return best
 
 
@@ -113,7 +156,9 @@ def _simplify(level: Level, failure: Divergence,
 
 
 def _smaller_configs(config: Any) -> Iterator[Any]:
-    """The same configuration with one block fewer (a pool needs two: the null and one)."""
+    """The same configuration with fewer blocks, fewest first (a pool needs two: the null
+    block and one more)."""
     n = getattr(config, "num_blocks", None)
-    if isinstance(n, int) and n > 2 and dataclasses.is_dataclass(config):
-        yield dataclasses.replace(config, num_blocks=n - 1)
+    if isinstance(n, int) and dataclasses.is_dataclass(config):
+        for smaller in range(2, n):
+            yield dataclasses.replace(config, num_blocks=smaller)

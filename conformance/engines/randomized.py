@@ -45,10 +45,13 @@ from kvspec.conformance.outcome import Divergence, OutsideScope
 OnFailure = Callable[[Divergence], None]
 
 
-def _guarded(action: Callable[[], Any], on_failure: OnFailure) -> Any:
+def _guarded(action: Callable[[], Any], on_failure: OnFailure,
+             harness: Harness | None = None) -> Any:
     try:
         return action()
     except Divergence as failure:
+        if harness is not None:
+            failure.groups = list(harness.move_starts)
         on_failure(failure)
         raise
     except OutsideScope:
@@ -97,7 +100,7 @@ def make_machine(
                 return
             chosen = self.rng.choices(enabled, weights=[m.weight for m in enabled])[0]
             args = {name: d.sample(self.rng) for name, d in chosen.args.items()}  # type: ignore[misc]
-            _guarded(lambda: harness.run_move(chosen, args), on_failure)
+            _guarded(lambda: harness.run_move(chosen, args), on_failure, harness)
 
         @invariant()
         def bookkeeping(self) -> None:
