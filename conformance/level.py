@@ -12,7 +12,7 @@ A level has:
 * a **harness** (``conformance/<level>/harness.py``): the scheduler's side, that is the
   bookkeeping of who holds what (tables, requests) and the **moves** that decide which step
   makes sense next, for the random engine. Each move is a method decorated with
-  :func:`move`, whose arguments are :class:`Domain` values (Hypothesis strategies);
+  :func:`move`, whose arguments are :class:`Domain` values (how to draw one);
 * a **vocabulary** (``conformance/<level>/vocabulary.py``): a harness without bookkeeping
   whose moves are the protocol's operations themselves, each with every value of a small
   finite set of arguments, for the exhaustive engine. Each of its moves takes exactly one
@@ -20,6 +20,9 @@ A level has:
   arbitrary protocol sequences, the minimizer (which deletes steps) cannot leave it;
 * its configurations (a Hypothesis strategy, and the small ones the exhaustive engine
   starts from), and how to simplify one step's arguments (for the minimizer).
+
+Engines take steps through a harness's moves: :meth:`Harness.do` takes one step through the
+driver and counts it in a :class:`Recorder`, shared by every copy of the harness.
 """
 
 from __future__ import annotations
@@ -93,9 +96,6 @@ def one_of(values: Sequence[Any]) -> Sampler:
 def sequences(values: Sequence[Any], min_size: int, max_size: int) -> Sampler:
     """A tuple of ``min_size..max_size`` items, each one of ``values``."""
     return lambda rng: tuple(rng.choice(values) for _ in range(rng.randint(min_size, max_size)))
-
-    def small_values(self, harness: Any) -> Iterable[Any]:
-        return self.values(harness) if callable(self.values) else self.values
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,8 @@ def copy_target(target: Any, rebuild: Callable[[], Any]) -> Any:
 class Harness:
     """The scheduler's side of a level: bookkeeping, moves, and the way steps are taken.
 
-    Subclasses declare moves with :func:`move`, simplest first (shrinking and the
-    exhaustive engine both favour earlier moves), and implement :meth:`key`.
+    Subclasses declare moves with :func:`move`, simplest first (an exhaustive exploration
+    tries earlier moves first, so its failures read simply), and implement :meth:`key`.
     """
 
     moves: ClassVar[tuple[Move, ...]] = ()
@@ -248,7 +248,6 @@ class Harness:
 
     def check_bookkeeping(self) -> None:
         """The harness's own records agree with the spec (a harness bug otherwise)."""
-
 
     def copy_bookkeeping(self) -> Harness:
         """A copy sharing the driver, with its own bookkeeping (levels override this with
