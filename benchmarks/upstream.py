@@ -1,29 +1,31 @@
-"""``kvspec bench upstream``: kvspec's ``BlockPool`` against upstream vLLM 0.33.0's, same trace.
+"""``kvspec bench upstream``: kvspec's allocator against upstream vLLM 0.33.0's, on the same work.
 
-``python -m benchmarks.upstream [--ops N] [--repeats R] [--trace FILE | --save-trace FILE]``
+``python -m kvspec.benchmarks.upstream [--ops N] [--requests R] [--repeats K] [--trace FILE |
+--save-trace FILE] [--no-gc] [--quick]``
 
-One recorded trace of pool operations is replayed on both pools through the same
-:class:`~kvspec.conformance.pool.protocol.PoolTarget` adapters the conformance suite drives
-(``kvspec.conformance.pool.targets.impl_pool_factory`` and
-``kvspec.conformance.upstream.vllm_pool.vllm_pool_factory``),
-by the same replay loop. Both sides therefore pay the same kind of id-to-block translation, and
-the ratio compares the pools, not two harnesses.
+Three comparisons, each a ratio of median times measured in the same run, repeats interleaved
+(``kvspec.benchmarks._harness``), every repeat on a fresh pool or manager built outside the
+timing. The timed loops call the two libraries' own objects directly: no protocol adapter, no
+id-to-block translation, one replay function for both sides that differs only in the bound
+methods and the trailing arguments it is handed.
 
-The trace
-    Requests arrive and depart the way a serving engine drives a pool (the request mix of
-    ``kvspec bench pool``: a few system prompts with skewed popularity, a unique suffix, an
-    unhashed partial last block). Each arrival becomes pool operations: ``get_cached_block``
-    per block of its hash chain until the first miss, ``touch`` of the hits (reviving
-    eviction candidates out of the free queue), ``get_new_blocks`` for the rest (evicting the
-    oldest free cached blocks once the never-used ones run out) and ``cache_block`` per new
-    full block; a departure is one ``free_blocks`` of its table in reverse. The operations are
-    recorded once, against kvspec's pool, and cut at exactly ``--ops``; they name requests and
-    table positions, not block ids, so the replay resolves ids on the pool it drives.
+Pool, per-block and batched (this module)
+    One recorded trace of pool operations (:func:`record_ops`), replayed per request the way a
+    KV-cache manager calls its pool: ``get_cached_block`` per block hash until the first miss,
+    ``touch`` of the hits, ``get_new_blocks`` for the rest, caching of the new full blocks, and
+    ``free_blocks`` of the table reversed at departure. Caching has the two call shapes that
+    matter: *per-block*, one ``cache_full_blocks`` call per newly full block (how a decode step
+    caches), and *batched*, one call per request for all its new full blocks (how a prefill
+    chunk caches, and how ``KVCacheManager.cache_blocks`` calls the pool). Upstream's
+    ``cache_full_blocks`` reads the hashes from ``request.block_hashes``; it is handed an
+    object holding the request's hash list, built once per request outside the timing, as the
+    real request object exists before the manager sees it.
 
-Before timing, each pool replays the trace once untimed with checks: every lookup must hit or
-miss as recorded and both pools must end in the same observable state, so the two timed runs
-provably did the same work. Timing then follows ``kvspec.benchmarks._harness``: a fresh pool per
-repeat (not timed), repeats interleaved across the two pools, the median reported.
+Manager (:mod:`kvspec.benchmarks.scheduler_trace`)
+    kvspec's ``KVCacheManager`` against upstream's on one recorded scheduler trace.
+
+Before timing, each side replays its trace once with checks: every lookup hits as recorded
+and both sides end in the same observable state, so the timed runs provably did the same work.
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from kvspec.benchmarks import scheduler_trace
 from kvspec.benchmarks._harness import (
-    Measurement,
+    CPU_CLOCK,
+    WALL_CLOCK,
+    Clock,
     Run,
     format_machine_info,
-    format_table,
     measure_interleaved,
 )
+from kvspec.benchmarks.comparison import Comparison, check_hits, format_comparison
 from kvspec.benchmarks.pool_trace import TraceShape, record_trace
 from kvspec.conformance.pool.protocol import PoolTarget
 
@@ -58,8 +64,13 @@ DEFAULT_SHAPE = TraceShape(
     seed=0,
 )
 QUICK_OPS = 2_000
+#: Tokens per block given to upstream's ``cache_full_blocks``; equal to its pool's
+#: ``hash_block_size``, so upstream uses the request's hashes as they are.
+HASH_BLOCK_SIZE = 16
+#: Both pools are asked about the one KV-cache group a full-attention model has.
+GROUP_IDS = [0]
 
-# One recorded operation (a tuple, for a fast replay loop):
+# One recorded operation (a tuple):
 #   ("get_cached_block", req, hash, hit)   hit: whether the recording pool found it
 #   ("touch", req)                         touch the hits collected for req
 #   ("get_new_blocks", req, n)             append n new blocks to req's table
@@ -67,6 +78,16 @@ QUICK_OPS = 2_000
 #   ("free_blocks", req)                   free req's table in reverse
 Op = tuple
 OPS_NAMES = ("get_cached_block", "touch", "get_new_blocks", "cache_block", "free_blocks")
+
+# One request-level event of the replay, compiled from the operations:
+#   ("admit", req, lookups, touch, num_new, hashes, num_hits, num_cached)
+#       lookups: the hashes looked up; touch: whether the hits are touched; num_new: blocks
+#       taken (None when the trace ends before); hashes: the request's chained hash list;
+#       blocks [num_hits, num_cached) of its table are cached.
+#   ("free", req)
+Event = tuple
+SHAPES = ("per-block", "batched")
+CLOCKS = {"cpu": CPU_CLOCK, "wall": WALL_CLOCK}
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,20 @@ class PoolTrace:
 
     def hits(self) -> int:
         return sum(1 for op in self.ops if op[0] == "get_cached_block" and op[3])
+
+
+def count_calls(events: Sequence[Event], per_block: bool) -> int:
+    """Pool calls :func:`replay` makes: per-block, one per recorded operation; batched, one
+    ``cache_full_blocks`` per admission instead of one per block."""
+    calls = 0
+    for event in events:
+        if event[0] == "free":
+            calls += 1
+            continue
+        _, _, lookups, touch, num_new, _, start, end = event
+        cache_calls = end - start if per_block else int(end > start)
+        calls += len(lookups) + touch + (num_new is not None) + cache_calls
+    return calls
 
 
 def record_ops(factory: Callable[..., PoolTarget], shape: TraceShape, num_ops: int) -> PoolTrace:
@@ -131,66 +166,173 @@ def record_ops(factory: Callable[..., PoolTarget], shape: TraceShape, num_ops: i
     return PoolTrace(shape.num_gpu_blocks, tuple(ops[:num_ops]), shape, evictions)
 
 
-def replay(pool: PoolTarget, ops: Sequence[Op]) -> None:
-    """Drive ``pool`` through ``ops`` (the timed loop: no checks, no counting)."""
-    tables: dict[int, list[int]] = {}
-    pending: dict[int, list[int]] = {}
-    get_cached_block, touch = pool.get_cached_block, pool.touch
-    get_new_blocks, cache_block, free_blocks = (
-        pool.get_new_blocks,
-        pool.cache_block,
-        pool.free_blocks,
-    )
-    for op in ops:
-        name = op[0]
-        if name == "get_cached_block":
-            found = get_cached_block(op[2])
-            if found is not None:
-                pending.setdefault(op[1], []).append(found)
-        elif name == "touch":
-            hits = pending[op[1]]
+def compile_events(ops: Sequence[Op]) -> list[Event]:
+    """Group the operations of each request into one admission or departure event.
+
+    The operations of one admission are consecutive (lookups, touch, allocation, caching), so
+    each run of operations on one request becomes one event. The last admission may be cut
+    short by the end of the trace: its missing steps are left out (``num_new`` is None when
+    the allocation is missing), so the replay makes exactly the recorded calls.
+    """
+    events: list[Event] = []
+    i, n = 0, len(ops)
+    while i < n:
+        op = ops[i]
+        req = op[1]
+        if op[0] == "free_blocks":
+            events.append(("free", req))
+            i += 1
+            continue
+        lookups: list[bytes] = []
+        hit_hashes: list[bytes] = []
+        while i < n and ops[i][0] == "get_cached_block" and ops[i][1] == req:
+            lookups.append(ops[i][2])
+            if ops[i][3]:
+                hit_hashes.append(ops[i][2])
+            i += 1
+        touch = i < n and ops[i][0] == "touch" and ops[i][1] == req
+        i += touch
+        num_new = None
+        if i < n and ops[i][0] == "get_new_blocks" and ops[i][1] == req:
+            num_new = ops[i][2]
+            i += 1
+        cached: list[bytes] = []
+        while i < n and ops[i][0] == "cache_block" and ops[i][1] == req:
+            cached.append(ops[i][3])
+            i += 1
+        hashes = hit_hashes + cached
+        events.append(("admit", req, tuple(lookups), touch, num_new, hashes,
+                       len(hit_hashes), len(hashes)))
+    return events
+
+
+def replay(
+    pool: Any,
+    events: Sequence[Event],
+    hash_args: Sequence[Any],
+    cache_args: tuple,
+    per_block: bool,
+    hits_out: list[int] | None = None,
+) -> dict[int, list[Any]]:
+    """Drive ``pool`` (kvspec's or upstream's ``BlockPool``) through ``events``: the timed loop.
+
+    ``hash_args[req]`` is what ``cache_full_blocks`` takes as its first argument (kvspec: the
+    hash list; upstream: a request holding it) and ``cache_args`` its trailing arguments
+    (kvspec: the group id; upstream: block size and group id). With ``hits_out``, the number
+    of hits of every admission is appended to it. Returns the tables still held.
+    """
+    tables: dict[int, list[Any]] = {}
+    get_cached_block, touch, get_new_blocks = (
+        pool.get_cached_block, pool.touch, pool.get_new_blocks)
+    cache_full_blocks, free_blocks = pool.cache_full_blocks, pool.free_blocks
+    groups = GROUP_IDS
+    for event in events:
+        if event[0] == "free":
+            free_blocks(tables.pop(event[1])[::-1])
+            continue
+        _, req, lookups, touched, num_new, _, start, end = event
+        hits: list[Any] = []
+        for block_hash in lookups:
+            found = get_cached_block(block_hash, groups)
+            if found is None:
+                break
+            hits.append(found[0])
+        if hits_out is not None:
+            hits_out.append(len(hits))
+        if touched:
             touch(hits)
-        elif name == "get_new_blocks":
-            req = op[1]
-            tables[req] = pending.pop(req, []) + get_new_blocks(op[2])
-        elif name == "cache_block":
-            cache_block(tables[op[1]][op[2]], op[3])
-        else:
-            free_blocks(tables.pop(op[1])[::-1])
+        if num_new is None:
+            break  # the trace ended inside this admission
+        table = hits + get_new_blocks(num_new)
+        tables[req] = table
+        hashes = hash_args[req]
+        if per_block:
+            for i in range(start, end):
+                cache_full_blocks(hashes, table, i, i + 1, *cache_args)
+        elif start < end:
+            cache_full_blocks(hashes, table, start, end, *cache_args)
+    return tables
 
 
-def replay_checked(pool: PoolTarget, ops: Sequence[Op], num_blocks: int) -> dict[str, object]:
-    """Replay once, checking every lookup against the recording; return the end state."""
-    tables: dict[int, list[int]] = {}
-    pending: dict[int, list[int]] = {}
-    for step, op in enumerate(ops):
-        name = op[0]
-        if name == "get_cached_block":
-            found = pool.get_cached_block(op[2])
-            if (found is not None) != op[3]:
-                raise AssertionError(
-                    f"replay_checked: operation {step} get_cached_block({op[2]!r}) "
-                    f"{'hit' if found is not None else 'missed'} on {pool!r}, but the "
-                    f"recording {'hit' if op[3] else 'missed'}; the pools diverged"
-                )
-            if found is not None:
-                pending.setdefault(op[1], []).append(found)
-        elif name == "touch":
-            pool.touch(pending[op[1]])
-        elif name == "get_new_blocks":
-            req = op[1]
-            tables[req] = pending.pop(req, []) + pool.get_new_blocks(op[2])
-        elif name == "cache_block":
-            pool.cache_block(tables[op[1]][op[2]], op[3])
-        else:
-            pool.free_blocks(tables.pop(op[1])[::-1])
+# ------------------------------------------------------------------ the two pools
+
+
+class _RequestHashes:
+    """What upstream's ``cache_full_blocks`` reads from a request (KV events off)."""
+
+    __slots__ = ("block_hashes",)
+
+    def __init__(self, block_hashes: list[bytes]) -> None:
+        self.block_hashes = block_hashes
+
+
+@dataclass(frozen=True)
+class PoolContender:
+    """How to build one library's pool and call its ``cache_full_blocks``."""
+
+    label: str
+    make_pool: Callable[[int], Any]
+    wrap_hashes: Callable[[list[bytes]], Any]
+    cache_args: tuple
+
+
+def _impl_pool(num_blocks: int) -> Any:
+    from kvspec.impl.block_pool import BlockPool
+
+    return BlockPool(num_blocks)
+
+
+def _vllm_pool(num_blocks: int) -> Any:
+    from kvspec.conformance.upstream.vllm_pool import VllmPool
+
+    return VllmPool(num_blocks).pool
+
+
+def pool_contenders() -> dict[str, PoolContender]:
     return {
-        "free_block_ids": pool.free_block_ids(),
-        "tables": tables,
-        "ref_cnt": [pool.ref_cnt(b) for b in range(num_blocks)],
-        "block_hash": [pool.block_hash(b) for b in range(num_blocks)],
-        "num_free_blocks": pool.get_num_free_blocks(),
+        "impl": PoolContender("kvspec impl.BlockPool", _impl_pool, list, (0,)),
+        "vllm": PoolContender("vLLM 0.33.0 BlockPool", _vllm_pool, _RequestHashes,
+                              (HASH_BLOCK_SIZE, 0)),
     }
+
+
+def hash_args_for(events: Sequence[Event], contender: PoolContender) -> list[Any]:
+    """Per request, the first argument of its ``cache_full_blocks`` calls (built untimed)."""
+    num_requests = 1 + max((ev[1] for ev in events), default=-1)
+    args: list[Any] = [None] * num_requests
+    for ev in events:
+        if ev[0] == "admit":
+            args[ev[1]] = contender.wrap_hashes(ev[5])
+    return args
+
+
+def end_state(pool: Any, tables: dict[int, list[Any]]) -> dict[str, object]:
+    """What both pools must agree on after a replay: every block, the queue, the tables."""
+    return {
+        "ref_cnt": [b.ref_cnt for b in pool.blocks],
+        "block_hash": [None if b.block_hash is None else bytes(b.block_hash[:-4])
+                       for b in pool.blocks],
+        "free_queue": [b.block_id for b in pool.free_block_queue.get_all_free_blocks()],
+        "num_free_blocks": pool.get_num_free_blocks(),
+        "tables": {req: [b.block_id for b in table] for req, table in tables.items()},
+    }
+
+
+def replay_checked(
+    contender: PoolContender, trace: PoolTrace, events: Sequence[Event], shape: str
+) -> dict[str, object]:
+    """Replay once untimed; every admission must hit exactly as recorded. Returns the end."""
+    pool = contender.make_pool(trace.num_gpu_blocks)
+    hits: list[int] = []
+    expected = [ev[6] for ev in events if ev[0] == "admit"]
+    try:
+        tables = replay(pool, events, hash_args_for(events, contender), contender.cache_args,
+                        shape == "per-block", hits)
+    except Exception:
+        check_hits(contender.label, hits, expected)  # a divergence explains the failure
+        raise
+    check_hits(contender.label, hits, expected)
+    return end_state(pool, tables)
 
 
 # ------------------------------------------------------------------ trace files
@@ -236,102 +378,84 @@ def load_trace(path: Path) -> PoolTrace:
 # ------------------------------------------------------------------ the comparison
 
 
-@dataclass(frozen=True)
-class Comparison:
-    trace: PoolTrace
-    measurements: dict[str, Measurement]
-
-    @property
-    def ratio(self) -> float:
-        """kvspec's ops/s over upstream's: above 1.0, kvspec's pool is faster."""
-        return self.measurements["impl"].ops_per_s / self.measurements["vllm"].ops_per_s
-
-
-def contenders() -> dict[str, Callable[..., PoolTarget]]:
-    from kvspec.conformance.pool.targets import impl_pool_factory
-    from kvspec.conformance.upstream.vllm_pool import vllm_pool_factory
-
-    return {"impl": impl_pool_factory, "vllm": vllm_pool_factory}
-
-
-def compare(trace: PoolTrace, *, repeats: int = 5, gc_enabled: bool = True) -> Comparison:
-    factories = contenders()
-    ends = {
-        name: replay_checked(factory(trace.num_gpu_blocks), trace.ops, trace.num_gpu_blocks)
-        for name, factory in factories.items()
-    }
+def compare_pools(
+    trace: PoolTrace, shape: str, *, repeats: int = 5, gc_enabled: bool = True,
+    clock: Clock = CPU_CLOCK,
+) -> Comparison:
+    """Time both pools on ``trace`` in call ``shape``, after one checked replay each."""
+    events = compile_events(trace.ops)
+    contenders = pool_contenders()
+    ends = {name: replay_checked(c, trace, events, shape) for name, c in contenders.items()}
     if ends["impl"] != ends["vllm"]:
         raise AssertionError(
-            "compare: kvspec's pool and upstream's ended the trace in different states; "
+            "compare_pools: kvspec's pool and upstream's ended the trace in different states; "
             "the timed runs would not do the same work (run kvspec check --target vllm)"
         )
+    per_block = shape == "per-block"
 
-    def setup_for(factory: Callable[..., PoolTarget]) -> Callable[[int], Run]:
+    def setup_for(contender: PoolContender) -> Callable[[int], Run]:
+        hash_args = hash_args_for(events, contender)
+
         def setup(ops: int) -> Run:
-            pool = factory(trace.num_gpu_blocks)
-            return lambda: replay(pool, trace.ops)
+            pool = contender.make_pool(trace.num_gpu_blocks)
+            return lambda: replay(pool, events, hash_args, contender.cache_args, per_block)
 
         return setup
 
+    calls = count_calls(events, per_block)
     measured = measure_interleaved(
-        {name: setup_for(f) for name, f in factories.items()},
-        repeats=repeats,
-        ops=len(trace.ops),
-        gc_enabled=gc_enabled,
+        {name: setup_for(c) for name, c in contenders.items()},
+        repeats=repeats, ops=calls, gc_enabled=gc_enabled, clock=clock,
     )
-    return Comparison(trace, measured)
+    return Comparison(f"pool, {shape} caching", calls,
+                      {name: c.label for name, c in contenders.items()}, measured)
 
 
-def format_comparison(result: Comparison) -> str:
-    trace, counts = result.trace, result.trace.counts()
+def format_trace(trace: PoolTrace) -> str:
+    counts = trace.counts()
     mix = ", ".join(f"{name} {count:,}" for name, count in counts.items())
-    lookups = counts["get_cached_block"]
-    lines = [
+    return "\n".join([
         f"trace: {len(trace.ops):,} pool operations on {trace.num_gpu_blocks:,} blocks "
         + (f"(seed {trace.shape.seed})" if trace.shape else "(loaded)"),
-        f"  {mix}; {trace.hits():,} of {lookups:,} lookups hit"
+        f"  {mix}; {trace.hits():,} of {counts['get_cached_block']:,} lookups hit"
         + ("" if trace.evictions is None else f"; {trace.evictions:,} cached blocks evicted"),
-    ]
-    labels = {"impl": "kvspec impl.BlockPool", "vllm": "vLLM 0.33.0 BlockPool"}
-    rows = []
-    for name, m in result.measurements.items():
-        per_run = ", ".join(f"{s:.3f}" for s in m.seconds)
-        rows.append([labels[name], f"{m.ops_per_s:,.0f}", f"{m.median_s:.4f}", per_run])
-    lines.append(format_table(["pool (via PoolTarget)", "ops/s", "median s", "runs (s)"], rows))
-    lines.append(f"ratio impl / upstream: {result.ratio:.2f}x (above 1.0: kvspec is faster)")
-    return "\n".join(lines)
+    ])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--ops",
-        type=int,
-        default=None,
-        help=f"pool operations in the trace (default {DEFAULT_OPS:,})",
+        "--ops", type=int, default=None,
+        help=f"pool operations in the pool trace (default {DEFAULT_OPS:,})",
     )
     parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed runs per pool, interleaved; the median is reported (default 5)",
+        "--requests", type=int, default=None,
+        help="requests in the scheduler trace of the manager comparison "
+        f"(default {scheduler_trace.DEFAULT_SHAPE.num_requests:,})",
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SHAPE.seed, help="seed of the request mix"
+        "--repeats", type=int, default=None,
+        help="timed runs per contender, interleaved; the median is reported (default 5)",
     )
     parser.add_argument(
-        "--trace",
-        type=Path,
-        default=None,
-        help="replay this recorded trace file instead of recording one",
+        "--seed", type=int, default=DEFAULT_SHAPE.seed, help="seed of both request mixes"
     )
     parser.add_argument(
-        "--save-trace", type=Path, default=None, help="write the recorded trace to this file (JSON)"
+        "--trace", type=Path, default=None,
+        help="replay this recorded pool trace file instead of recording one",
+    )
+    parser.add_argument(
+        "--save-trace", type=Path, default=None,
+        help="write the recorded pool trace to this file (JSON)",
     )
     parser.add_argument("--no-gc", action="store_true", help="time with the garbage collector off")
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"{QUICK_OPS:,} operations, 3 repeats: checks that it runs",
+        "--clock", choices=CLOCKS, default="cpu",
+        help="cpu (default): this process's CPU time, steady on a busy machine; wall: elapsed",
+    )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"{QUICK_OPS:,} pool operations, a small scheduler trace, 3 repeats: checks that "
+        "it runs",
     )
 
 
@@ -349,25 +473,37 @@ def run(args: argparse.Namespace) -> int:
         trace = record_ops(impl_pool_factory, shape, ops)
     if args.save_trace is not None:
         save_trace(trace, args.save_trace)
+    schedule = scheduler_trace.record_schedule(
+        scheduler_trace.shape_for(args.requests, args.seed, quick=args.quick))
+    gc_enabled, clock = not args.no_gc, CLOCKS[args.clock]
     print(format_machine_info())
     print(
-        f"== upstream: one recorded trace on kvspec's pool and vLLM's, {repeats} runs each, "
-        f"interleaved, median; garbage collector {'off' if args.no_gc else 'on'}"
+        f"== upstream: kvspec against vLLM 0.33.0, called directly, {repeats} runs each, "
+        f"interleaved, median of {args.clock} time; garbage collector "
+        f"{'off' if args.no_gc else 'on'}"
     )
+    print(format_trace(trace))
     sys.stdout.flush()
     try:
-        result = compare(trace, repeats=repeats, gc_enabled=not args.no_gc)
+        for shape in SHAPES:
+            print(format_comparison(
+                compare_pools(trace, shape, repeats=repeats, gc_enabled=gc_enabled,
+                              clock=clock)))
+            sys.stdout.flush()
+        manager = scheduler_trace.compare_managers(
+            schedule, repeats=repeats, gc_enabled=gc_enabled, clock=clock)
     except VllmNotInstalledError as exc:
         print(f"kvspec bench upstream: {exc}", file=sys.stderr)
         return 2
-    print(format_comparison(result))
+    print(scheduler_trace.format_trace(schedule))
+    print(format_comparison(manager))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kvspec bench upstream",
-        description="kvspec's BlockPool against upstream vLLM 0.33.0's on one recorded trace",
+        description="kvspec's BlockPool and KVCacheManager against upstream vLLM 0.33.0's",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
