@@ -94,8 +94,9 @@ class BlockPool:
             )
         raise InvalidBlockError(f"{op}: got {show(block)}; expected a KVCacheBlock of this pool")
 
-    def _check_blocks(self, op: str, blocks: Sequence[object]) -> None:
-        """Refuse ``blocks`` unless every entry is this pool's own block (one pass, in C)."""
+    def check_blocks(self, op: str, blocks: Sequence[object]) -> None:
+        """Refuse ``blocks`` unless every entry is this pool's own block object (one pass, in
+        C); ``op`` names the refused operation. Managers check hits with it."""
         try:
             if self._own_blocks.issuperset(blocks):
                 return
@@ -233,7 +234,7 @@ class BlockPool:
                 f"{op}: {num_hashes} block hashes given; expected at least "
                 f"num_full_blocks={num_full_blocks}"
             )
-        self._check_blocks(op, new_full_blocks)
+        self.check_blocks(op, new_full_blocks)
         if len(set(new_full_blocks)) != len(new_full_blocks):
             self._check_no_repeats(op, new_full_blocks)
         caching = self.enable_caching
@@ -356,7 +357,7 @@ class BlockPool:
         """
         if blocks.__class__ is not list and blocks.__class__ is not tuple:
             blocks = as_list("touch", "blocks", blocks)
-        self._check_blocks("touch", blocks)
+        self.check_blocks("touch", blocks)
         skip_null = self._skip_null_in_touch
         queue = self.free_block_queue
         for block in blocks:
@@ -387,7 +388,7 @@ class BlockPool:
         """
         blocks = (ordered_blocks if ordered_blocks.__class__ is list
                   else as_list("free_blocks", "ordered_blocks", ordered_blocks))
-        self._check_blocks("free_blocks", blocks)
+        self.check_blocks("free_blocks", blocks)
         skip_null = self._skip_null_in_free
         # Where a block reaching 0 goes: current prepends the unhashed ones (all of them when
         # caching is off) and appends the hashed ones; classic appends all.

@@ -26,11 +26,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block import KVCacheBlock, group_id_suffix
 from kvspec.impl.block_pool import BlockPool
 from kvspec.impl.errors import InvalidArgumentError, KVCacheError
 from kvspec.impl.kv_cache_utils import HashFn, get_request_block_hasher, sha256
 from kvspec.impl.request import Request
+from kvspec.impl.validate import (
+    as_list,
+    check_bool,
+    check_int,
+    check_optional_int,
+    check_str,
+    show,
+)
 
 KV_CACHE_GROUP_ID = 0
 """The one group this manager serves; keys are built with it (``kvspec.impl.block``)."""
@@ -75,11 +83,26 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def check_request(op: str, request: object) -> Request:
+    """``request`` if it is a :class:`Request` with sane scheduler-owned counters."""
+    if not isinstance(request, Request):
+        raise InvalidArgumentError(f"{op}: request={show(request)}; expected a Request")
+    for name in ("num_computed_tokens", "num_preemptions"):
+        value = getattr(request, name)
+        if value.__class__ is not int or value < 0:
+            check_int(f"{op}({request.request_id!r})", f"request.{name}", value)
+    return request
+
+
 class KVCacheManager:
     """Block tables and prefix caching for requests over one :class:`BlockPool`.
 
     ``num_blocks`` includes the null block (block 0), so ``num_blocks - 1`` are usable.
-    ``max_model_len`` (None: unbounded) caps the slots one request can hold.
+    ``max_model_len`` (None: unbounded) caps the tokens one request can hold.
+
+    Every public method checks its arguments (and the request's scheduler-owned counters)
+    before it changes anything, so a refused call leaves the pool, the tables and the
+    statistics as they were.
     """
 
     def __init__(
@@ -93,20 +116,17 @@ class KVCacheManager:
         max_model_len: int | None = None,
         hash_fn: HashFn = sha256,
     ) -> None:
-        if block_size <= 0:
-            raise InvalidArgumentError(
-                f"KVCacheManager: block_size must be positive, got {block_size}")
-        if max_model_len is not None and max_model_len <= 0:
-            raise InvalidArgumentError(
-                f"KVCacheManager: max_model_len must be positive or None, got {max_model_len}")
-        self.block_pool = BlockPool(num_blocks, enable_caching=enable_caching, profile=profile)
-        self.block_size = block_size
-        self.enable_caching = enable_caching
-        self.profile = profile
-        self.max_model_len = max_model_len
-        self.log_stats = log_stats
+        op = "KVCacheManager"
+        self.block_size = check_int(op, "block_size", block_size, minimum=1)
+        self.max_model_len = check_optional_int(op, "max_model_len", max_model_len, 1)
+        self.log_stats = check_bool(op, "log_stats", log_stats)
+        if not callable(hash_fn):
+            raise InvalidArgumentError(f"{op}: hash_fn={show(hash_fn)}; expected a callable")
         self.block_hasher = get_request_block_hasher(block_size, hash_fn, profile=profile)
         """Pass as ``Request(..., block_hasher=manager.block_hasher)``."""
+        self.block_pool = BlockPool(num_blocks, enable_caching=enable_caching, profile=profile)
+        self.enable_caching = self.block_pool.enable_caching
+        self.profile = profile
 
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         # A request is "running" once it has an entry here: set when hits are adopted, or
@@ -115,6 +135,8 @@ class KVCacheManager:
         self._stats = PrefixCacheStats()
         # Lookups awaiting admission: request id -> tokens queried.
         self._pending_lookups: dict[str, int] = {}
+        self._group_ids = (KV_CACHE_GROUP_ID,)
+        self._key_suffix = group_id_suffix(op, KV_CACHE_GROUP_ID)
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -129,17 +151,22 @@ class KVCacheManager:
 
         Pure: no ref count or queue changes. Caching off: always ``([], 0)``.
         """
+        if request.__class__ is not Request:
+            check_request("get_computed_blocks", request)
         if not self.enable_caching:
             return [], 0
-        max_hit_blocks = (request.num_tokens - 1) // self.block_size
         blocks: list[KVCacheBlock] = []
-        for block_hash in request.block_hashes[:max_hit_blocks]:
-            cached = self.block_pool.get_cached_block(block_hash, (KV_CACHE_GROUP_ID,))
-            if not cached:
+        get_cached_block, groups = self.block_pool.get_cached_block, self._group_ids
+        for block_hash in request.block_hashes[:self._max_hit_blocks(request)]:
+            cached = get_cached_block(block_hash, groups)
+            if cached is None:
                 break
             blocks.append(cached[0])
         self._pending_lookups[request.request_id] = request.num_tokens
         return blocks, len(blocks) * self.block_size
+
+    def _max_hit_blocks(self, request: Request) -> int:
+        return max(request.num_tokens - 1, 0) // self.block_size
 
     # -- allocation -----------------------------------------------------------------------
 
@@ -158,21 +185,21 @@ class KVCacheManager:
         blocks). ``num_lookahead_tokens`` are speculative slots: allocated, never cached.
         Returns only the newly allocated blocks, not the adopted hits.
         """
-        req_id = request.request_id
-        hits = list(new_computed_blocks) if new_computed_blocks else []
+        hits = (as_list("allocate_slots", "new_computed_blocks", new_computed_blocks)
+                if new_computed_blocks else [])
         self._check_allocate_args(
             request, num_new_tokens, num_new_computed_tokens, hits, num_lookahead_tokens)
+        req_id = request.request_id
         table = self.req_to_blocks.get(req_id, [])
 
         total_computed = request.num_computed_tokens + num_new_computed_tokens
-        if self.max_model_len is not None:
-            total_computed = min(total_computed, self.max_model_len)
         num_tokens_main = total_computed + num_new_tokens
         num_tokens_need_slot = num_tokens_main + num_lookahead_tokens
         if self.max_model_len is not None:
             num_tokens_need_slot = min(num_tokens_need_slot, self.max_model_len)
         num_tokens_to_cache = min(num_tokens_main, request.num_tokens)
         self._check_hashes_cover(request, num_tokens_to_cache)
+        preempted = request.num_preemptions > 0
 
         # Capacity first: nothing below may run unless all of it can.
         num_required = cdiv(num_tokens_need_slot, self.block_size)
@@ -193,8 +220,7 @@ class KVCacheManager:
 
         if self.enable_caching:
             self.cache_blocks(request, num_tokens_to_cache)
-        self._record_admission(req_id, num_new_computed_tokens,
-                               preempted=request.num_preemptions > 0)
+        self._record_admission(req_id, num_new_computed_tokens, preempted=preempted)
         return new_blocks
 
     def cache_blocks(self, request: Request, num_tokens: int) -> None:
@@ -202,8 +228,14 @@ class KVCacheManager:
 
         Blocks ``[num_cached_block, num_tokens // block_size)``. Callers cap
         ``num_tokens`` at ``request.num_tokens``, so lookahead (draft) slots, whose
-        tokens may be rejected, are never cached.
+        tokens may be rejected, are never cached. Refused when the request does not hold
+        that many blocks.
         """
+        if request.__class__ is not Request:
+            check_request("cache_blocks", request)
+        if num_tokens.__class__ is not int or num_tokens < 0:
+            num_tokens = check_int(f"cache_blocks({request.request_id!r})", "num_tokens",
+                                   num_tokens)
         if not self.enable_caching:
             return
         req_id = request.request_id
@@ -211,8 +243,13 @@ class KVCacheManager:
         num_full = min(num_tokens, len(request.block_hashes) * self.block_size) // self.block_size
         if num_cached >= num_full:
             return
+        table = self.req_to_blocks.get(req_id, [])
+        if len(table) < num_full:
+            raise AllocationError(
+                f"cache_blocks({req_id!r}): {num_full} full blocks to cache but the request "
+                f"holds {len(table)}; expected num_tokens within its allocated slots")
         self.block_pool.cache_full_blocks(
-            request.block_hashes, self.req_to_blocks[req_id], num_cached, num_full,
+            request.block_hashes, table, num_cached, num_full,
             kv_cache_group_id=KV_CACHE_GROUP_ID,
         )
         self.num_cached_block[req_id] = num_full
@@ -225,30 +262,60 @@ class KVCacheManager:
         hits: list[KVCacheBlock],
         num_lookahead_tokens: int,
     ) -> None:
+        """Every refusal of ``allocate_slots``, made before anything changes."""
+        check_request("allocate_slots", request)
         req_id = request.request_id
-        if min(num_new_tokens, num_new_computed_tokens, num_lookahead_tokens) < 0:
-            raise InvalidArgumentError(
-                f"allocate_slots({req_id!r}): token counts must be >= 0, got "
-                f"num_new_tokens={num_new_tokens}, num_new_computed_tokens="
-                f"{num_new_computed_tokens}, num_lookahead_tokens={num_lookahead_tokens}")
+        op = f"allocate_slots({req_id!r})"
+        for name, value in (("num_new_tokens", num_new_tokens),
+                            ("num_new_computed_tokens", num_new_computed_tokens),
+                            ("num_lookahead_tokens", num_lookahead_tokens)):
+            if value.__class__ is not int or value < 0:
+                check_int(op, name, value)
         if num_new_tokens == 0 and (self.profile == "classic" or num_new_computed_tokens == 0):
             expected = ("num_new_tokens > 0" if self.profile == "classic"
                         else "num_new_tokens > 0 or computed tokens to adopt")
             raise InvalidArgumentError(
-                f"allocate_slots({req_id!r}): nothing to allocate; expected {expected}")
+                f"{op}: nothing to allocate (num_new_tokens=0, num_new_computed_tokens="
+                f"{num_new_computed_tokens}); expected {expected}")
         if num_new_computed_tokens != len(hits) * self.block_size:
             raise AllocationError(
-                f"allocate_slots({req_id!r}): num_new_computed_tokens="
-                f"{num_new_computed_tokens} but {len(hits)} hit blocks of {self.block_size} "
-                "tokens; expected the pair returned by get_computed_blocks")
-        if hits and not self.enable_caching:
+                f"{op}: num_new_computed_tokens={num_new_computed_tokens} but {len(hits)} hit "
+                f"blocks of {self.block_size} tokens; expected the pair returned by "
+                "get_computed_blocks")
+        num_tokens_main = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
+        if self.max_model_len is not None and num_tokens_main > self.max_model_len:
             raise AllocationError(
-                f"allocate_slots({req_id!r}): {len(hits)} hit blocks with prefix caching "
-                "disabled; expected none")
-        if hits and (req_id in self.num_cached_block or self.req_to_blocks.get(req_id)):
+                f"{op}: {num_tokens_main} tokens after this step; expected at most "
+                f"max_model_len={self.max_model_len}")
+        if hits:
+            self._check_hits(request, hits)
+
+    def _check_hits(self, request: Request, hits: list[KVCacheBlock]) -> None:
+        """Hits are adopted only at admission, and only as ``get_computed_blocks`` found them:
+        this pool's blocks, each still cached under the request's hash at its position."""
+        req_id = request.request_id
+        op = f"allocate_slots({req_id!r})"
+        if not self.enable_caching:
             raise AllocationError(
-                f"allocate_slots({req_id!r}): hits adopted by a request that already holds "
-                f"blocks {self.get_block_ids(req_id)}; expected hits only at admission")
+                f"{op}: {len(hits)} hit blocks with prefix caching disabled; expected none")
+        if (req_id in self.num_cached_block or self.req_to_blocks.get(req_id)
+                or request.num_computed_tokens):
+            raise AllocationError(
+                f"{op}: hits adopted by a request that already holds blocks "
+                f"{self.get_block_ids(req_id)} or {request.num_computed_tokens} computed "
+                "tokens; expected hits only at admission")
+        if len(hits) > self._max_hit_blocks(request):
+            raise AllocationError(
+                f"{op}: {len(hits)} hit blocks for {request.num_tokens} tokens; expected at "
+                f"most {self._max_hit_blocks(request)} (a hit never covers the last token)")
+        self.block_pool.check_blocks(op, hits)
+        suffix = self._key_suffix
+        for block, block_hash in zip(hits, request.block_hashes, strict=False):
+            key = block.block_hash
+            if key is None or not isinstance(block_hash, bytes) or key != block_hash + suffix:
+                raise AllocationError(
+                    f"{op}: hit block {block.block_id} is not cached under the request's hash "
+                    f"at its position; expected the blocks get_computed_blocks returned")
 
     def _check_hashes_cover(self, request: Request, num_tokens_to_cache: int) -> None:
         # A request built without this manager's hasher (or with another block size)
@@ -270,12 +337,17 @@ class KVCacheManager:
         ``free_blocks`` queues its first argument nearest the eviction end, so passing
         the table reversed makes the longest prefixes (least shared) evictable first
         and keeps the short prefixes, which every hit starts from, cached longest.
+        The pool frees first, so a refusal leaves the request's bookkeeping in place.
         """
+        if request.__class__ is not Request:
+            check_request("free", request)
         req_id = request.request_id
-        blocks = self.req_to_blocks.pop(req_id, [])
+        blocks = self.req_to_blocks.get(req_id)
+        if blocks:
+            self.block_pool.free_blocks(blocks[::-1])
+        self.req_to_blocks.pop(req_id, None)
         self.num_cached_block.pop(req_id, None)
         self._pending_lookups.pop(req_id, None)
-        self.block_pool.free_blocks(list(reversed(blocks)))
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached hash; refused (False) while any request holds a block."""
@@ -294,10 +366,12 @@ class KVCacheManager:
 
     def get_blocks(self, request_id: str) -> list[KVCacheBlock]:
         """The request's block table (a copy); empty for an unknown request."""
-        return list(self.req_to_blocks.get(request_id, ()))
+        return list(self.req_to_blocks.get(check_str("get_blocks", "request_id", request_id),
+                                           ()))
 
     def get_block_ids(self, request_id: str) -> list[int]:
         """The request's block table as ids; empty for an unknown request."""
+        check_str("get_block_ids", "request_id", request_id)
         return [b.block_id for b in self.req_to_blocks.get(request_id, ())]
 
     def get_prefix_cache_stats(self) -> PrefixCacheStats | None:

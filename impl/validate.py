@@ -73,7 +73,9 @@ def as_list(op: str, name: str, value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
     if isinstance(value, str | bytes | bytearray):
-        raise InvalidArgumentError(f"{op}: {name}={show(value)}; expected a list of them")
+        raise InvalidArgumentError(
+            f"{op}: {name}={show(value)}; expected an iterable other than str or bytes"
+        )
     try:
         return list(value)
     except TypeError:
