@@ -218,7 +218,6 @@ class BlockPool:
         try:
             num_blocks, num_hashes = len(blocks), len(block_hashes)
             new_full_blocks = blocks[num_cached_blocks:num_full_blocks]
-            new_hashes = block_hashes[num_cached_blocks:num_full_blocks]
         except TypeError:
             raise InvalidArgumentError(
                 f"{op}: block_hashes={show(block_hashes)}, blocks={show(blocks)}; expected "
@@ -235,22 +234,27 @@ class BlockPool:
                 f"num_full_blocks={num_full_blocks}"
             )
         self.check_blocks(op, new_full_blocks)
-        if len(set(new_full_blocks)) != len(new_full_blocks):
+        if len(new_full_blocks) > 1 and len(set(new_full_blocks)) != len(new_full_blocks):
             self._check_no_repeats(op, new_full_blocks)
         caching = self.enable_caching
-        to_cache: list[tuple[KVCacheBlock, bytes]] = []
-        for block, block_hash in zip(new_full_blocks, new_hashes, strict=True):
+        keys: list[bytes | None] = []  # one per block, None for a null block
+        index = num_cached_blocks
+        for block in new_full_blocks:
+            block_hash = block_hashes[index]
+            index += 1
             if block.is_null:
+                keys.append(None)
                 continue
             if block.ref_cnt <= 0 or block._block_hash is not None or not caching:
                 self._check_cacheable(op, block)  # raises the precise refusal
             if block_hash.__class__ is not bytes:
                 check_bytes(op, f"hash of block {block.block_id}", block_hash)
-            to_cache.append((block, block_hash + suffix))
+            keys.append(block_hash + suffix)
         insert = self.cached_block_hash_to_block.insert
-        for block, key in to_cache:
-            block._block_hash = key
-            insert(key, block)  # type: ignore[arg-type]
+        for block, key in zip(new_full_blocks, keys, strict=False):  # equal lengths
+            if key is not None:
+                block._block_hash = key
+                insert(key, block)  # type: ignore[arg-type]
 
     def _check_no_repeats(self, op: str, blocks: Sequence[KVCacheBlock]) -> None:
         """Refuse a data block listed twice (null blocks may repeat: skipped positions)."""
@@ -289,13 +293,13 @@ class BlockPool:
 
     def _maybe_evict_cached_block(self, block: KVCacheBlock) -> bool:
         """Drop ``block``'s key from the index and reset its hash; ``False`` if uncached."""
-        block_hash = block.block_hash
+        block_hash = block._block_hash
         if block_hash is None:
             return False
         if self.cached_block_hash_to_block.pop(block_hash, block.block_id) is None:
             # Hashed but not indexed under that key: leave the block as it is, as upstream does.
             return False
-        block.reset_hash()
+        block._block_hash = None
         return True
 
     def evict_blocks(self, block_ids: Iterable[int]) -> None:

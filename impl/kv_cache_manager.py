@@ -84,13 +84,15 @@ def cdiv(a: int, b: int) -> int:
 
 
 def check_request(op: str, request: object) -> Request:
-    """``request`` if it is a :class:`Request` with sane scheduler-owned counters."""
+    """``request`` if it is a :class:`Request` whose scheduler-owned counters are counts."""
     if not isinstance(request, Request):
         raise InvalidArgumentError(f"{op}: request={show(request)}; expected a Request")
-    for name in ("num_computed_tokens", "num_preemptions"):
-        value = getattr(request, name)
-        if value.__class__ is not int or value < 0:
-            check_int(f"{op}({request.request_id!r})", f"request.{name}", value)
+    computed, preemptions = request.num_computed_tokens, request.num_preemptions
+    if (computed.__class__ is not int or preemptions.__class__ is not int or computed < 0
+            or preemptions < 0):
+        where = f"{op}({request.request_id!r})"
+        check_int(where, "request.num_computed_tokens", computed)
+        check_int(where, "request.num_preemptions", preemptions)
     return request
 
 
@@ -190,22 +192,26 @@ class KVCacheManager:
         self._check_allocate_args(
             request, num_new_tokens, num_new_computed_tokens, hits, num_lookahead_tokens)
         req_id = request.request_id
-        table = self.req_to_blocks.get(req_id, [])
+        table = self.req_to_blocks.get(req_id)
+        if table is None:
+            table = []
 
-        total_computed = request.num_computed_tokens + num_new_computed_tokens
-        num_tokens_main = total_computed + num_new_tokens
+        num_tokens_main = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
         num_tokens_need_slot = num_tokens_main + num_lookahead_tokens
-        if self.max_model_len is not None:
-            num_tokens_need_slot = min(num_tokens_need_slot, self.max_model_len)
-        num_tokens_to_cache = min(num_tokens_main, request.num_tokens)
+        if self.max_model_len is not None and num_tokens_need_slot > self.max_model_len:
+            num_tokens_need_slot = self.max_model_len
+        num_tokens = request.num_tokens
+        num_tokens_to_cache = num_tokens_main if num_tokens_main < num_tokens else num_tokens
         self._check_hashes_cover(request, num_tokens_to_cache)
         preempted = request.num_preemptions > 0
 
         # Capacity first: nothing below may run unless all of it can.
-        num_required = cdiv(num_tokens_need_slot, self.block_size)
-        num_new_blocks = max(num_required - (len(hits) + len(table)), 0)
-        num_evictable_hits = sum(1 for b in hits if b.ref_cnt == 0 and not b.is_null)
-        if num_new_blocks + num_evictable_hits > self.block_pool.get_num_free_blocks():
+        num_new_blocks = (-(-num_tokens_need_slot // self.block_size)
+                          - len(hits) - len(table))
+        num_needed = num_new_blocks if num_new_blocks > 0 else 0
+        if hits:  # a hit at ref_cnt 0 leaves the free queue when touched
+            num_needed += sum(1 for b in hits if b.ref_cnt == 0 and not b.is_null)
+        if num_needed > self.block_pool.free_block_queue.num_free_blocks:
             return None
 
         # Touch hits before popping: a popped zero-ref hit would lose its hash and be
@@ -214,13 +220,17 @@ class KVCacheManager:
             self.block_pool.touch(hits)
             table.extend(hits)
             self.num_cached_block[req_id] = len(table)
-        new_blocks = self.block_pool.get_new_blocks(num_new_blocks) if num_new_blocks else []
-        table.extend(new_blocks)
+        if num_new_blocks > 0:
+            new_blocks = self.block_pool.get_new_blocks(num_new_blocks)
+            table.extend(new_blocks)
+        else:
+            new_blocks = []
         self.req_to_blocks[req_id] = table
 
         if self.enable_caching:
             self.cache_blocks(request, num_tokens_to_cache)
-        self._record_admission(req_id, num_new_computed_tokens, preempted=preempted)
+        if req_id in self._pending_lookups:
+            self._record_admission(req_id, num_new_computed_tokens, preempted=preempted)
         return new_blocks
 
     def cache_blocks(self, request: Request, num_tokens: int) -> None:
@@ -239,19 +249,20 @@ class KVCacheManager:
         if not self.enable_caching:
             return
         req_id = request.request_id
+        block_size = self.block_size
         num_cached = self.num_cached_block.get(req_id, 0)
-        num_full = min(num_tokens, len(request.block_hashes) * self.block_size) // self.block_size
+        num_full = num_tokens // block_size
+        if num_full > len(request.block_hashes):
+            num_full = len(request.block_hashes)
         if num_cached >= num_full:
             return
-        table = self.req_to_blocks.get(req_id, [])
+        table = self.req_to_blocks.get(req_id, ())
         if len(table) < num_full:
             raise AllocationError(
                 f"cache_blocks({req_id!r}): {num_full} full blocks to cache but the request "
                 f"holds {len(table)}; expected num_tokens within its allocated slots")
         self.block_pool.cache_full_blocks(
-            request.block_hashes, table, num_cached, num_full,
-            kv_cache_group_id=KV_CACHE_GROUP_ID,
-        )
+            request.block_hashes, table, num_cached, num_full, KV_CACHE_GROUP_ID)
         self.num_cached_block[req_id] = num_full
 
     def _check_allocate_args(
@@ -264,29 +275,32 @@ class KVCacheManager:
     ) -> None:
         """Every refusal of ``allocate_slots``, made before anything changes."""
         check_request("allocate_slots", request)
-        req_id = request.request_id
-        op = f"allocate_slots({req_id!r})"
-        for name, value in (("num_new_tokens", num_new_tokens),
-                            ("num_new_computed_tokens", num_new_computed_tokens),
-                            ("num_lookahead_tokens", num_lookahead_tokens)):
-            if value.__class__ is not int or value < 0:
-                check_int(op, name, value)
+        if (num_new_tokens.__class__ is not int or num_new_computed_tokens.__class__ is not int
+                or num_lookahead_tokens.__class__ is not int or num_new_tokens < 0
+                or num_new_computed_tokens < 0 or num_lookahead_tokens < 0):
+            op = f"allocate_slots({request.request_id!r})"
+            check_int(op, "num_new_tokens", num_new_tokens)
+            check_int(op, "num_new_computed_tokens", num_new_computed_tokens)
+            check_int(op, "num_lookahead_tokens", num_lookahead_tokens)
         if num_new_tokens == 0 and (self.profile == "classic" or num_new_computed_tokens == 0):
             expected = ("num_new_tokens > 0" if self.profile == "classic"
                         else "num_new_tokens > 0 or computed tokens to adopt")
             raise InvalidArgumentError(
-                f"{op}: nothing to allocate (num_new_tokens=0, num_new_computed_tokens="
-                f"{num_new_computed_tokens}); expected {expected}")
+                f"allocate_slots({request.request_id!r}): nothing to allocate "
+                f"(num_new_tokens=0, num_new_computed_tokens={num_new_computed_tokens}); "
+                f"expected {expected}")
         if num_new_computed_tokens != len(hits) * self.block_size:
             raise AllocationError(
-                f"{op}: num_new_computed_tokens={num_new_computed_tokens} but {len(hits)} hit "
-                f"blocks of {self.block_size} tokens; expected the pair returned by "
-                "get_computed_blocks")
-        num_tokens_main = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
-        if self.max_model_len is not None and num_tokens_main > self.max_model_len:
-            raise AllocationError(
-                f"{op}: {num_tokens_main} tokens after this step; expected at most "
-                f"max_model_len={self.max_model_len}")
+                f"allocate_slots({request.request_id!r}): num_new_computed_tokens="
+                f"{num_new_computed_tokens} but {len(hits)} hit blocks of {self.block_size} "
+                "tokens; expected the pair returned by get_computed_blocks")
+        if self.max_model_len is not None:
+            num_tokens_main = (request.num_computed_tokens + num_new_computed_tokens
+                               + num_new_tokens)
+            if num_tokens_main > self.max_model_len:
+                raise AllocationError(
+                    f"allocate_slots({request.request_id!r}): {num_tokens_main} tokens after "
+                    f"this step; expected at most max_model_len={self.max_model_len}")
         if hits:
             self._check_hits(request, hits)
 
@@ -320,10 +334,8 @@ class KVCacheManager:
     def _check_hashes_cover(self, request: Request, num_tokens_to_cache: int) -> None:
         # A request built without this manager's hasher (or with another block size)
         # cannot be cached; say so before anything is allocated.
-        if not self.enable_caching:
-            return
         num_full = num_tokens_to_cache // self.block_size
-        if len(request.block_hashes) < num_full:
+        if len(request.block_hashes) < num_full and self.enable_caching:
             raise AllocationError(
                 f"allocate_slots({request.request_id!r}): {num_full} full blocks to cache but "
                 f"only {len(request.block_hashes)} block hashes; expected a request built "
