@@ -34,8 +34,8 @@ def format_comparison(result: Comparison) -> str:
     return "\n".join([
         f"-- {result.title}: {result.calls:,} calls per run",
         format_table(["contender", "calls/s", "median s", "runs (s)"], rows),
-        f"ratio impl / upstream ({result.title}): {result.ratio:.2f}x "
-        "(upstream's median time over kvspec's; above 1.0: kvspec is faster)",
+        f"ratio impl / upstream: {result.ratio:.2f}x ({result.title}; upstream's median time "
+        "over kvspec's, above 1.0: kvspec is faster)",
     ])
 
 

@@ -26,6 +26,8 @@ from kvspec.impl.free_queue import FreeKVCacheBlockQueue
 from kvspec.impl.profiles import PoolProfile, resolve_profile
 from kvspec.impl.validate import as_list, check_bool, check_bytes, check_int, is_int, show
 
+_GROUP_0_SUFFIX = group_id_suffix("BlockPool", 0)
+
 
 class BlockPool:
     """A pool of ``num_gpu_blocks`` KV-cache blocks, block 0 being the null block.
@@ -69,7 +71,7 @@ class BlockPool:
         self._own_blocks: frozenset[KVCacheBlock] = frozenset(self.blocks)
         # Key suffix of every group id checked so far: a lookup appends these 4 bytes to
         # every hash, and encoding them again each time was a fifth of a lookup's cost.
-        self._key_suffixes: dict[int, bytes] = {0: group_id_suffix("BlockPool", 0)}
+        self._key_suffixes: dict[int, bytes] = {0: _GROUP_0_SUFFIX}
         self.free_block_queue = FreeKVCacheBlockQueue(self.blocks)
         self.cached_block_hash_to_block = BlockHashToBlockMap()
         # The queue starts in id order, so this pops block 0.
@@ -143,8 +145,9 @@ class BlockPool:
             (group_id,) = kv_cache_group_ids
         except (TypeError, ValueError):
             return self._get_cached_block_in_groups(block_hash, kv_cache_group_ids)
-        suffix = self._key_suffixes.get(group_id) if group_id.__class__ is int else None
-        if suffix is None:
+        if group_id == 0 and group_id.__class__ is int:  # one-group models: every lookup
+            suffix = _GROUP_0_SUFFIX
+        else:
             suffix = self._key_suffix("get_cached_block", group_id)
         if block_hash.__class__ is not bytes:
             check_bytes("get_cached_block", "block_hash", block_hash)
