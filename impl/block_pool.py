@@ -69,8 +69,8 @@ class BlockPool:
         # This pool's block objects, for one membership test per argument list, run in C:
         # blocks hash by identity, so a foreign block with a valid id is not a member.
         self._own_blocks: frozenset[KVCacheBlock] = frozenset(self.blocks)
-        # Key suffix of every group id checked so far: a lookup appends these 4 bytes to
-        # every hash, and encoding them again each time was a fifth of a lookup's cost.
+        # Key suffix of every group id checked so far: every lookup and every cached block
+        # appends these 4 bytes to a hash, so they are encoded (and checked) once per group.
         self._key_suffixes: dict[int, bytes] = {0: _GROUP_0_SUFFIX}
         self.free_block_queue = FreeKVCacheBlockQueue(self.blocks)
         self.cached_block_hash_to_block = BlockHashToBlockMap()
@@ -110,7 +110,7 @@ class BlockPool:
     def _key_suffix(self, op: str, group_id: object) -> bytes:
         """The checked key suffix of ``group_id``, remembered for the next lookup."""
         suffix = self._key_suffixes.get(group_id) if group_id.__class__ is int else None  # type: ignore[call-overload]
-        if suffix is None:
+        if suffix is None:  # first use, or not a plain int: check it
             suffix = group_id_suffix(op, group_id)
             self._key_suffixes[int(group_id)] = suffix  # type: ignore[call-overload]
         return suffix
@@ -212,10 +212,7 @@ class BlockPool:
                 or num_cached_blocks < 0 or num_full_blocks < 0):
             num_cached_blocks = check_int(op, "num_cached_blocks", num_cached_blocks)
             num_full_blocks = check_int(op, "num_full_blocks", num_full_blocks)
-        suffix = (self._key_suffixes.get(kv_cache_group_id)
-                  if kv_cache_group_id.__class__ is int else None)
-        if suffix is None:
-            suffix = self._key_suffix(op, kv_cache_group_id)
+        suffix = self._key_suffix(op, kv_cache_group_id)
         if num_cached_blocks >= num_full_blocks:
             return
         try:
@@ -368,13 +365,11 @@ class BlockPool:
         skip_null = self._skip_null_in_touch
         queue = self.free_block_queue
         for block in blocks:
-            # The null block is looked at only at ref_cnt 0: under current it stays at 0
-            # (never counted), and under classic any other count is simply incremented.
+            if block.is_null:
+                if not skip_null:
+                    block.ref_cnt += 1
+                continue
             if block.ref_cnt == 0:
-                if block.is_null:
-                    if not skip_null:
-                        block.ref_cnt = 1
-                    continue
                 queue.remove(block)
             block.ref_cnt += 1
 
@@ -406,15 +401,13 @@ class BlockPool:
         unsplit = to_front if prepend else to_back
         # Decrement tentatively and undo on a refusal: no queue change happens until every
         # block has passed, and no separate counting pass (or Counter) is needed for repeats.
-        # The null block is looked at only below 2 references: under current its count stays
-        # 0 (skipped), under classic it drifts (never queued).
         for i, block in enumerate(blocks):
             ref_cnt = block.ref_cnt
-            if ref_cnt > 1:
-                block.ref_cnt = ref_cnt - 1
-            elif block.is_null:
+            if block.is_null:
                 if not skip_null:
-                    block.ref_cnt = ref_cnt - 1
+                    block.ref_cnt = ref_cnt - 1  # classic: drifts, may go negative, never queued
+            elif ref_cnt > 1:
+                block.ref_cnt = ref_cnt - 1
             elif ref_cnt == 1:
                 block.ref_cnt = 0
                 if by_hash:
