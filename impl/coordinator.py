@@ -33,11 +33,17 @@ from kvspec.impl.request import Request
 from kvspec.impl.validate import (
     as_list,
     check_bool,
+    check_callable,
     check_int,
     check_optional_int,
     check_str,
-    show,
 )
+
+
+def check_block_sizes(op: str, group_block_sizes: Sequence[int]) -> list[int]:
+    """The groups' block sizes as a list of ints >= 1, else :class:`InvalidArgumentError`."""
+    return [check_int(op, "a group block size", size, minimum=1)
+            for size in as_list(op, "group_block_sizes", group_block_sizes)]
 
 
 def resolve_kv_cache_block_sizes(
@@ -55,8 +61,7 @@ def resolve_kv_cache_block_sizes(
     """
     op = "resolve_kv_cache_block_sizes"
     check_int(op, "cache_block_size", cache_block_size, minimum=1)
-    group_block_sizes = [check_int(op, "a group block size", bs, minimum=1)
-                         for bs in as_list(op, "group_block_sizes", group_block_sizes)]
+    group_block_sizes = check_block_sizes(op, group_block_sizes)
     check_bool(op, "enable_caching", enable_caching)
     check_optional_int(op, "hash_block_size", hash_block_size, 1)
     if len(group_block_sizes) <= 1:
@@ -157,15 +162,13 @@ class HybridKVCacheCoordinator:
         hash_fn: HashFn = sha256,
     ) -> None:
         op = "HybridKVCacheCoordinator"
-        group_block_sizes = [check_int(op, "a group block size", bs, minimum=1)
-                             for bs in as_list(op, "group_block_sizes", group_block_sizes)]
+        group_block_sizes = check_block_sizes(op, group_block_sizes)
         if not group_block_sizes:
             raise InvalidArgumentError(f"{op}: group_block_sizes=[]; expected at least one group")
         self.scheduler_block_size, self.hash_block_size = resolve_kv_cache_block_sizes(
             group_block_sizes, min(group_block_sizes), enable_caching, hash_block_size)
         self.max_model_len = check_optional_int(op, "max_model_len", max_model_len, 1)
-        if not callable(hash_fn):
-            raise InvalidArgumentError(f"{op}: hash_fn={show(hash_fn)}; expected a callable")
+        check_callable(op, "hash_fn", hash_fn)
         self.block_hasher = get_request_block_hasher(self.hash_block_size, hash_fn,
                                                      profile=profile)
         self.block_pool = BlockPool(num_blocks, enable_caching=enable_caching, profile=profile)

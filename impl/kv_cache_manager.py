@@ -34,6 +34,7 @@ from kvspec.impl.request import Request
 from kvspec.impl.validate import (
     as_list,
     check_bool,
+    check_callable,
     check_int,
     check_optional_int,
     check_str,
@@ -122,8 +123,7 @@ class KVCacheManager:
         self.block_size = check_int(op, "block_size", block_size, minimum=1)
         self.max_model_len = check_optional_int(op, "max_model_len", max_model_len, 1)
         self.log_stats = check_bool(op, "log_stats", log_stats)
-        if not callable(hash_fn):
-            raise InvalidArgumentError(f"{op}: hash_fn={show(hash_fn)}; expected a callable")
+        check_callable(op, "hash_fn", hash_fn)
         self.block_hasher = get_request_block_hasher(block_size, hash_fn, profile=profile)
         """Pass as ``Request(..., block_hasher=manager.block_hasher)``."""
         self.block_pool = BlockPool(num_blocks, enable_caching=enable_caching, profile=profile)

@@ -67,6 +67,13 @@ def check_str(op: str, name: str, value: object) -> str:
     return value
 
 
+def check_callable(op: str, name: str, value: object) -> Any:
+    """``value`` if it can be called (a hash function)."""
+    if not callable(value):
+        raise InvalidArgumentError(f"{op}: {name}={show(value)}; expected a callable")
+    return value
+
+
 def as_list(op: str, name: str, value: Any) -> list[Any]:
     """``value`` as a list, consumed once; refused unless it is an iterable other than
     ``str``/``bytes`` (a string of ids is a mistake, not a sequence of them)."""
