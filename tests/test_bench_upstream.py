@@ -10,16 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kvspec.benchmarks.pool_trace import TraceShape
-from kvspec.benchmarks.upstream import (
+from kvspec.benchmarks.pool_ops import (
     compile_events,
     count_calls,
     load_trace,
-    pool_contenders,
     record_ops,
-    replay_checked,
     save_trace,
 )
+from kvspec.benchmarks.pool_trace import TraceShape
+from kvspec.benchmarks.upstream import pool_contenders, replay_checked
 from kvspec.conformance.pool.targets import impl_pool_factory
 
 # A small pool under pressure: a few hundred requests already evict cached blocks.
