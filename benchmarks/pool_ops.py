@@ -60,9 +60,10 @@ class PoolTrace:
         return sum(1 for op in self.ops if op[0] == "get_cached_block" and op[3])
 
 
-def count_calls(events: Sequence[Event], per_block: bool) -> int:
-    """Pool calls :func:`replay` makes: per-block, one per recorded operation; batched, one
-    ``cache_full_blocks`` per admission instead of one per block."""
+def count_calls(events: Sequence[Event], per_block: bool, prefix_lookup: bool = False) -> int:
+    """Pool calls :func:`replay` makes: per-block, one per recorded operation; otherwise one
+    ``cache_full_blocks`` per admission instead of one per block, and with ``prefix_lookup``
+    one lookup per admission instead of one per hash."""
     calls = 0
     for event in events:
         if event[0] == "free":
@@ -70,7 +71,8 @@ def count_calls(events: Sequence[Event], per_block: bool) -> int:
             continue
         _, _, lookups, touch, num_new, _, start, end = event
         cache_calls = end - start if per_block else int(end > start)
-        calls += len(lookups) + touch + (num_new is not None) + cache_calls
+        lookup_calls = int(bool(lookups)) if prefix_lookup else len(lookups)
+        calls += lookup_calls + touch + (num_new is not None) + cache_calls
     return calls
 
 
@@ -164,13 +166,17 @@ def replay(
     cache_args: tuple,
     per_block: bool,
     hits_out: list[int] | None = None,
+    prefix_lookup: Callable[[Sequence[bytes]], list[Any]] | None = None,
 ) -> dict[int, list[Any]]:
     """Drive ``pool`` (kvspec's or upstream's ``BlockPool``) through ``events``: the timed loop.
 
     ``hash_args[req]`` is what ``cache_full_blocks`` takes as its first argument (kvspec: the
     hash list; upstream: a request holding it) and ``cache_args`` its trailing arguments
-    (kvspec: the group id; upstream: block size and group id). With ``hits_out``, the number
-    of hits of every admission is appended to it. Returns the tables still held.
+    (kvspec: the group id; upstream: block size and group id). ``per_block`` caches one block
+    per call, else each admission's blocks in one call. ``prefix_lookup`` (kvspec's
+    ``get_cached_prefix``) looks up an admission's hashes in one call, else
+    ``get_cached_block`` is called per hash until the first miss. With ``hits_out``, the
+    number of hits of every admission is appended to it. Returns the tables still held.
     """
     tables: dict[int, list[Any]] = {}
     get_cached_block, touch, get_new_blocks = (
@@ -182,12 +188,15 @@ def replay(
             free_blocks(tables.pop(event[1])[::-1])
             continue
         _, req, lookups, touched, num_new, _, start, end = event
-        hits: list[Any] = []
-        for block_hash in lookups:
-            found = get_cached_block(block_hash, groups)
-            if found is None:
-                break
-            hits.append(found[0])
+        if prefix_lookup is not None:
+            hits = prefix_lookup(lookups) if lookups else []
+        else:
+            hits = []
+            for block_hash in lookups:
+                found = get_cached_block(block_hash, groups)
+                if found is None:
+                    break
+                hits.append(found[0])
         if hits_out is not None:
             hits_out.append(len(hits))
         if touched:

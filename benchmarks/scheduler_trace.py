@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kvspec.benchmarks._harness import CPU_CLOCK, Clock, Run, measure_interleaved
-from kvspec.benchmarks.comparison import Comparison, check_hits
+from kvspec.benchmarks.comparison import DEFAULT_REPEATS, Comparison, check_hits
 
 # An event: ("admit", request index, prefill tokens, hit tokens recorded),
 # ("run", request index, tokens, 0) or ("free", request index, 0, 0).
@@ -264,7 +264,7 @@ def replay_checked(contender: ManagerContender, trace: SchedulerTrace) -> dict[s
 
 
 def compare_managers(
-    trace: SchedulerTrace, *, repeats: int = 5, gc_enabled: bool = True,
+    trace: SchedulerTrace, *, repeats: int = DEFAULT_REPEATS, gc_enabled: bool = True,
     clock: Clock = CPU_CLOCK,
 ) -> Comparison:
     """Check both managers on ``trace``, then time them."""
@@ -289,8 +289,9 @@ def compare_managers(
         {name: setup_for(c) for name, c in contenders.items()},
         repeats=repeats, ops=trace.calls, gc_enabled=gc_enabled, clock=clock,
     )
-    return Comparison("manager", trace.calls, {n: c.label for n, c in contenders.items()},
-                      measured)
+    return Comparison("manager", "one recorded scheduler trace, the same calls on both sides",
+                      dict.fromkeys(contenders, trace.calls),
+                      {n: c.label for n, c in contenders.items()}, measured)
 
 
 def format_trace(trace: SchedulerTrace) -> str:

@@ -47,7 +47,12 @@ from kvspec.benchmarks._harness import (
     format_machine_info,
     measure_interleaved,
 )
-from kvspec.benchmarks.comparison import Comparison, check_hits, format_comparison
+from kvspec.benchmarks.comparison import (
+    DEFAULT_REPEATS,
+    Comparison,
+    check_hits,
+    format_comparison,
+)
 from kvspec.benchmarks.pool_ops import (
     Event,
     PoolTrace,
@@ -72,13 +77,32 @@ DEFAULT_SHAPE = TraceShape(
     seed=0,
 )
 QUICK_OPS = 2_000
-#: Each timed run is short (0.05-0.5 s), so a burst of load elsewhere can spoil one; nine
-#: interleaved runs keep the medians, and the ratios, steady on a shared machine.
-DEFAULT_REPEATS = 9
 #: Tokens per block given to upstream's ``cache_full_blocks``; equal to its pool's
 #: ``hash_block_size``, so upstream uses the request's hashes as they are.
 HASH_BLOCK_SIZE = 16
-SHAPES = ("per-block", "batched")
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """How the pool comparison calls the pools (see the module docstring)."""
+
+    name: str
+    title: str
+    per_block: bool  # one cache_full_blocks call per block, else one per admission
+    prefix_lookup: bool  # a pool with get_cached_prefix looks a request up in one call
+
+
+SHAPES = {
+    shape.name: shape for shape in (
+        CallShape("pool, per-block", "a lookup per hash, a cache call per block",
+                  per_block=True, prefix_lookup=False),
+        CallShape("pool, batched", "a lookup per hash, a cache call per request",
+                  per_block=False, prefix_lookup=False),
+        CallShape("pool, as each manager calls it", "a cache call per request; kvspec one "
+                  "prefix lookup per request, vLLM a lookup per hash",
+                  per_block=False, prefix_lookup=True),
+    )
+}
 CLOCKS = {"cpu": CPU_CLOCK, "wall": WALL_CLOCK}
 
 
@@ -96,12 +120,25 @@ class _RequestHashes:
 
 @dataclass(frozen=True)
 class PoolContender:
-    """How to build one library's pool and call its ``cache_full_blocks``."""
+    """How to build one library's pool and call its ``cache_full_blocks``; ``prefix_lookup``
+    names its method looking up a request's hashes in one call, if it has one."""
 
     label: str
     make_pool: Callable[[int], Any]
     wrap_hashes: Callable[[list[bytes]], Any]
     cache_args: tuple
+    prefix_lookup: str | None = None
+
+    def replay(self, pool: Any, events: Sequence[Event], hash_args: Sequence[Any],
+               shape: CallShape, hits_out: list[int] | None = None) -> dict[int, list[Any]]:
+        prefix = (getattr(pool, self.prefix_lookup)
+                  if shape.prefix_lookup and self.prefix_lookup else None)
+        return replay(pool, events, hash_args, self.cache_args, shape.per_block, hits_out,
+                      prefix)
+
+    def calls(self, events: Sequence[Event], shape: CallShape) -> int:
+        return count_calls(events, shape.per_block,
+                           shape.prefix_lookup and self.prefix_lookup is not None)
 
 
 def _impl_pool(num_blocks: int) -> Any:
@@ -118,7 +155,8 @@ def _vllm_pool(num_blocks: int) -> Any:
 
 def pool_contenders() -> dict[str, PoolContender]:
     return {
-        "impl": PoolContender("kvspec impl.BlockPool", _impl_pool, list, (0,)),
+        "impl": PoolContender("kvspec impl.BlockPool", _impl_pool, list, (0,),
+                              prefix_lookup="get_cached_prefix"),
         "vllm": PoolContender("vLLM 0.33.0 BlockPool", _vllm_pool, _RequestHashes,
                               (HASH_BLOCK_SIZE, 0)),
     }
@@ -147,15 +185,14 @@ def end_state(pool: Any, tables: dict[int, list[Any]]) -> dict[str, object]:
 
 
 def replay_checked(
-    contender: PoolContender, trace: PoolTrace, events: Sequence[Event], shape: str
+    contender: PoolContender, trace: PoolTrace, events: Sequence[Event], shape: CallShape
 ) -> dict[str, object]:
     """Replay once untimed; every admission must hit exactly as recorded. Returns the end."""
     pool = contender.make_pool(trace.num_gpu_blocks)
     hits: list[int] = []
     expected = [ev[6] for ev in events if ev[0] == "admit"]
     try:
-        tables = replay(pool, events, hash_args_for(events, contender), contender.cache_args,
-                        shape == "per-block", hits)
+        tables = contender.replay(pool, events, hash_args_for(events, contender), shape, hits)
     except Exception:
         check_hits(contender.label, hits, expected)  # a divergence explains the failure
         raise
@@ -163,12 +200,9 @@ def replay_checked(
     return end_state(pool, tables)
 
 
-# ------------------------------------------------------------------ the comparison
-
-
 def compare_pools(
-    trace: PoolTrace, shape: str, *, repeats: int = 5, gc_enabled: bool = True,
-    clock: Clock = CPU_CLOCK,
+    trace: PoolTrace, shape: CallShape, *, repeats: int = DEFAULT_REPEATS,
+    gc_enabled: bool = True, clock: Clock = CPU_CLOCK,
 ) -> Comparison:
     """Time both pools on ``trace`` in call ``shape``, after one checked replay each."""
     events = compile_events(trace.ops)
@@ -179,23 +213,22 @@ def compare_pools(
             "compare_pools: kvspec's pool and upstream's ended the trace in different states; "
             "the timed runs would not do the same work (run kvspec check --target vllm)"
         )
-    per_block = shape == "per-block"
 
     def setup_for(contender: PoolContender) -> Callable[[int], Run]:
         hash_args = hash_args_for(events, contender)
 
         def setup(ops: int) -> Run:
             pool = contender.make_pool(trace.num_gpu_blocks)
-            return lambda: replay(pool, events, hash_args, contender.cache_args, per_block)
+            return lambda: contender.replay(pool, events, hash_args, shape)
 
         return setup
 
-    calls = count_calls(events, per_block)
+    calls = {name: c.calls(events, shape) for name, c in contenders.items()}
     measured = measure_interleaved(
         {name: setup_for(c) for name, c in contenders.items()},
-        repeats=repeats, ops=calls, gc_enabled=gc_enabled, clock=clock,
+        repeats=repeats, gc_enabled=gc_enabled, clock=clock, ops=1,
     )
-    return Comparison(f"pool, {shape} caching", calls,
+    return Comparison(shape.name, shape.title, calls,
                       {name: c.label for name, c in contenders.items()}, measured)
 
 
@@ -274,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_trace(trace))
     sys.stdout.flush()
     try:
-        for shape in SHAPES:
+        for shape in SHAPES.values():
             print(format_comparison(
                 compare_pools(trace, shape, repeats=repeats, gc_enabled=gc_enabled,
                               clock=clock)))

@@ -160,6 +160,42 @@ class BlockPool:
             block = next(iter(block.values()))  # type: ignore[union-attr]
         return [block]  # type: ignore[list-item]
 
+    def get_cached_prefix(
+        self, block_hashes: Sequence[bytes], kv_cache_group_id: int = 0
+    ) -> list[KVCacheBlock]:
+        """The cached blocks of the longest cached prefix of ``block_hashes`` in one group.
+
+        One block per hash, left to right, stopping at the first miss: hashes are chained, so
+        no later block can be a hit once one misses. This is a manager's whole lookup of a
+        request in one call, where ``get_cached_block`` takes one call per block; the result
+        is what those calls would give. Every hash is checked, including those after the
+        miss. Pure, like ``get_cached_block``.
+        """
+        op = "get_cached_prefix"
+        if kv_cache_group_id == 0 and kv_cache_group_id.__class__ is int:
+            suffix = _GROUP_0_SUFFIX
+        else:
+            suffix = self._key_suffix(op, kv_cache_group_id)
+        if block_hashes.__class__ is not list and block_hashes.__class__ is not tuple:
+            block_hashes = as_list(op, "block_hashes", block_hashes)
+        index = self.cached_block_hash_to_block._cache if self.enable_caching else {}
+        blocks: list[KVCacheBlock] = []
+        for block_hash in block_hashes:
+            if block_hash.__class__ is not bytes:
+                check_bytes(op, "a block hash", block_hash)
+            block = index.get(block_hash + suffix)
+            if block is None:
+                break
+            if block.__class__ is dict:  # duplicates: the earliest inserted still holding it
+                block = next(iter(block.values()))  # type: ignore[union-attr]
+            blocks.append(block)  # type: ignore[arg-type]
+        else:
+            return blocks
+        for block_hash in block_hashes[len(blocks) + 1:]:  # not looked up, only checked
+            if block_hash.__class__ is not bytes:
+                check_bytes(op, "a block hash", block_hash)
+        return blocks
+
     def _get_cached_block_in_groups(
         self, block_hash: bytes, kv_cache_group_ids: Iterable[int]
     ) -> list[KVCacheBlock] | None:

@@ -207,12 +207,8 @@ class HybridKVCacheCoordinator:
         hit_length = max_cache_hit_length - max_cache_hit_length % align
         per_group: list[list[KVCacheBlock]] = []
         for group in self.groups:
-            blocks: list[KVCacheBlock] = []
-            for block_hash in self._view(request, group)[:hit_length // group.block_size]:
-                cached = self.block_pool.get_cached_block(block_hash, (group.group_id,))
-                if not cached:
-                    break
-                blocks.append(cached[0])
+            blocks = self.block_pool.get_cached_prefix(
+                self._view(request, group)[:hit_length // group.block_size], group.group_id)
             group_hit = len(blocks) * group.block_size
             hit_length = min(hit_length, group_hit - group_hit % align)
             per_group.append(blocks)

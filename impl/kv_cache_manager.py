@@ -137,7 +137,6 @@ class KVCacheManager:
         self._stats = PrefixCacheStats()
         # Lookups awaiting admission: request id -> tokens queried.
         self._pending_lookups: dict[str, int] = {}
-        self._group_ids = (KV_CACHE_GROUP_ID,)
         self._key_suffix = group_id_suffix(op, KV_CACHE_GROUP_ID)
 
     # -- lookup ---------------------------------------------------------------------------
@@ -157,13 +156,8 @@ class KVCacheManager:
             check_request("get_computed_blocks", request)
         if not self.enable_caching:
             return [], 0
-        blocks: list[KVCacheBlock] = []
-        get_cached_block, groups = self.block_pool.get_cached_block, self._group_ids
-        for block_hash in request.block_hashes[:self._max_hit_blocks(request)]:
-            cached = get_cached_block(block_hash, groups)
-            if cached is None:
-                break
-            blocks.append(cached[0])
+        blocks = self.block_pool.get_cached_prefix(
+            request.block_hashes[:self._max_hit_blocks(request)], KV_CACHE_GROUP_ID)
         self._pending_lookups[request.request_id] = request.num_tokens
         return blocks, len(blocks) * self.block_size
 

@@ -18,7 +18,7 @@ from kvspec.benchmarks.pool_ops import (
     save_trace,
 )
 from kvspec.benchmarks.pool_trace import TraceShape
-from kvspec.benchmarks.upstream import pool_contenders, replay_checked
+from kvspec.benchmarks.upstream import SHAPES, pool_contenders, replay_checked
 from kvspec.conformance.pool.targets import impl_pool_factory
 
 # A small pool under pressure: a few hundred requests already evict cached blocks.
@@ -64,6 +64,9 @@ def test_admissions_group_a_requests_consecutive_operations() -> None:
     # Per-block caching makes exactly the recorded calls; batching makes one per admission.
     assert count_calls(events, per_block=True) == len(trace.ops)
     assert count_calls(events, per_block=False) < len(trace.ops)
+    assert count_calls(events, per_block=False, prefix_lookup=True) == (
+        count_calls(events, per_block=False) - trace.counts()["get_cached_block"]
+        + sum(1 for ev in events if ev[0] == "admit" and ev[2]))
 
 
 @pytest.mark.parametrize("num_ops", [1000, 1001, 1002, 1003])
@@ -71,16 +74,15 @@ def test_a_trace_cut_inside_an_admission_replays_only_the_recorded_calls(num_ops
     trace = record_ops(impl_pool_factory, SHAPE, num_ops)
     events = compile_events(trace.ops)
     assert count_calls(events, per_block=True) == num_ops
-    replay_checked(IMPL, trace, events, "per-block")
+    replay_checked(IMPL, trace, events, SHAPES["pool, per-block"])
 
 
-def test_both_call_shapes_leave_the_pool_in_the_same_state() -> None:
+def test_every_call_shape_leaves_the_pool_in_the_same_state() -> None:
     trace = record_ops(impl_pool_factory, SHAPE, 3000)
     events = compile_events(trace.ops)
-    per_block = replay_checked(IMPL, trace, events, "per-block")
-    batched = replay_checked(IMPL, trace, events, "batched")
-    assert per_block == batched
-    assert per_block["free_queue"] and per_block["tables"]
+    ends = [replay_checked(IMPL, trace, events, shape) for shape in SHAPES.values()]
+    assert ends[0] == ends[1] == ends[2]
+    assert ends[0]["free_queue"] and ends[0]["tables"]
 
 
 def test_the_replay_ends_where_the_recording_pool_ended() -> None:
@@ -101,7 +103,7 @@ def test_the_replay_ends_where_the_recording_pool_ended() -> None:
             recorded.cache_block(tables[op[1]][op[2]], op[3])
         else:
             recorded.free_blocks(tables.pop(op[1])[::-1])
-    end = replay_checked(IMPL, trace, compile_events(trace.ops), "batched")
+    end = replay_checked(IMPL, trace, compile_events(trace.ops), SHAPES["pool, batched"])
     assert end["free_queue"] == recorded.free_block_ids()
     assert end["ref_cnt"] == [recorded.ref_cnt(b) for b in range(SHAPE.num_gpu_blocks)]
     assert end["block_hash"] == [recorded.block_hash(b) for b in range(SHAPE.num_gpu_blocks)]
@@ -113,7 +115,7 @@ def test_a_lookup_that_differs_from_the_recording_is_reported() -> None:
     name, req, block_hash, _ = trace.ops[at]
     tampered = (*trace.ops[:at], (name, req, block_hash, False), *trace.ops[at + 1 :])
     with pytest.raises(AssertionError, match="admission .* the recording hit"):
-        replay_checked(IMPL, trace, compile_events(tampered), "batched")
+        replay_checked(IMPL, trace, compile_events(tampered), SHAPES["pool, batched"])
 
 
 def test_a_trace_file_round_trips(tmp_path: Path) -> None:

@@ -94,9 +94,9 @@ def check_pool_consistent(pool: BlockPool) -> None:
 
 #: Pool operations; the request life cycle (allocate, cache, look up, share, free) twice.
 POOL_OPS = ["get_new_blocks", "touch", "free_blocks", "cache_block", "cache_full_blocks",
-            "get_cached_block", "evict_blocks", "fork_block", "get_block", "get_blocks",
-            "reset_prefix_cache", "get_new_blocks", "cache_block", "cache_full_blocks",
-            "get_cached_block", "touch", "free_blocks"]
+            "get_cached_block", "get_cached_prefix", "evict_blocks", "fork_block", "get_block",
+            "get_blocks", "reset_prefix_cache", "get_new_blocks", "cache_block",
+            "cache_full_blocks", "get_cached_block", "touch", "free_blocks"]
 
 
 def draw_pool_call(data: st.DataObject, pool: BlockPool, other: BlockPool) -> tuple[str, tuple]:
@@ -129,6 +129,7 @@ def draw_pool_call(data: st.DataObject, pool: BlockPool, other: BlockPool) -> tu
                 mostly(st.integers(0, len(bs)), junk()), mostly(st.just(len(bs)), count),
                 group)),
         "get_cached_block": lambda: mostly(hit, lookup) if keys else lookup,
+        "get_cached_prefix": lambda: st.tuples(mostly(containers(block_hash), junk()), group),
         "evict_blocks": lambda: st.tuples(containers(block_id)),
         "fork_block": lambda: st.tuples(block),
         "get_block": lambda: st.tuples(block_id),
