@@ -381,7 +381,8 @@ class BlockPool:
         # Two loops rather than a branch per block: caching is fixed for the pool's life.
         if self.enable_caching:
             for block in ret:
-                self._maybe_evict_cached_block(block)
+                if block._block_hash is not None:  # a cached block: an eviction victim
+                    self._maybe_evict_cached_block(block)
                 block.ref_cnt += 1
         else:
             for block in ret:
@@ -399,9 +400,9 @@ class BlockPool:
             blocks = as_list("touch", "blocks", blocks)
         self.check_blocks("touch", blocks)
         skip_null = self._skip_null_in_touch
-        queue = self.free_block_queue
+        queue, null = self.free_block_queue, self.null_block
         for block in blocks:
-            if block.is_null:
+            if block is null:  # the blocks are checked to be ours: identity is enough
                 if not skip_null:
                     block.ref_cnt += 1
                 continue
@@ -437,9 +438,10 @@ class BlockPool:
         unsplit = to_front if prepend else to_back
         # Decrement tentatively and undo on a refusal: no queue change happens until every
         # block has passed, and no separate counting pass (or Counter) is needed for repeats.
+        null = self.null_block
         for i, block in enumerate(blocks):
             ref_cnt = block.ref_cnt
-            if block.is_null:
+            if block is null:
                 if not skip_null:
                     block.ref_cnt = ref_cnt - 1  # classic: drifts, may go negative, never queued
             elif ref_cnt > 1:

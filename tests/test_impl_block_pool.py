@@ -82,9 +82,9 @@ def test_get_new_blocks_evicts_cached_block_hash_before_ref_cnt_set() -> None:
     got = pool.get_new_blocks(2)
 
     assert [b.block_id for b in got] == [3, 2]
-    # _maybe_evict_cached_block ran for each popped block while its ref_cnt was still 0,
-    # and the cached one's key was already gone from the index at that point.
-    assert pool.seen == [(3, 0, False, False), (2, 0, True, False)]
+    # _maybe_evict_cached_block ran for the popped cached block (the eviction victim) while
+    # its ref_cnt was still 0, and its key was already gone from the index at that point.
+    assert pool.seen == [(2, 0, True, False)]
     assert b2.ref_cnt == 1 and b2.block_hash is None
     assert pool.get_cached_block(b"h") is None
 
