@@ -224,7 +224,7 @@ def compare_pools(
         return setup
 
     calls = {name: c.calls(events, shape) for name, c in contenders.items()}
-    measured = measure_interleaved(
+    measured = measure_interleaved(  # ops=1: the trace fixes the work, no calibration
         {name: setup_for(c) for name, c in contenders.items()},
         repeats=repeats, gc_enabled=gc_enabled, clock=clock, ops=1,
     )
