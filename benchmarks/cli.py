@@ -1,9 +1,9 @@
 """``kvspec bench [NAME] [ARGS...]``: run one benchmark, or the default set (queue, pool).
 
 ``queue`` and ``pool`` are pure Python and run anywhere. ``store`` (the K/V block store),
-``upstream`` (upstream vLLM's own pool) and ``prove`` (z3: BMC depth and induction time) own
-their arguments or need extra dependencies, so their modules are imported only when named,
-and every argument after their name is passed to their ``main(argv)``.
+``upstream`` (upstream vLLM's pool and manager) and ``prove`` (z3: BMC depth and induction
+time) own their arguments or need extra dependencies, so their modules are imported only
+when named, and every argument after their name is passed to their ``main(argv)``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NewType
 
 from kvspec.impl.errors import CacheStateError, InvalidArgumentError
+from kvspec.impl.validate import is_int, show
 
 BlockHash = NewType("BlockHash", bytes)
 """The chained content hash of one full block (see ``hash_block_tokens`` upstream)."""
@@ -23,28 +24,36 @@ BlockHash = NewType("BlockHash", bytes)
 BlockHashWithGroupId = NewType("BlockHashWithGroupId", bytes)
 """A prefix-cache key: ``BlockHash`` bytes then the group id as 4 big-endian bytes."""
 
-_GROUP_ID_BYTES = 4
-_MAX_GROUP_ID = (1 << (8 * _GROUP_ID_BYTES)) - 1
+GROUP_ID_BYTES = 4
+MAX_GROUP_ID = (1 << (8 * GROUP_ID_BYTES)) - 1
+
+
+def group_id_suffix(op: str, group_id: object) -> bytes:
+    """The 4 bytes that end every key of group ``group_id``; refused unless an int that fits."""
+    if not is_int(group_id) or not 0 <= group_id <= MAX_GROUP_ID:  # type: ignore[operator]
+        raise InvalidArgumentError(
+            f"{op}: group id {show(group_id)} does not fit in 4 unsigned bytes; expected an "
+            f"int in 0..{MAX_GROUP_ID}"
+        )
+    return int(group_id).to_bytes(GROUP_ID_BYTES, "big")  # type: ignore[call-overload]
 
 
 def make_block_hash_with_group_id(block_hash: bytes, group_id: int) -> BlockHashWithGroupId:
     """Build the prefix-cache key of ``block_hash`` in KV-cache group ``group_id``."""
-    if not 0 <= group_id <= _MAX_GROUP_ID:
-        raise InvalidArgumentError(
-            f"make_block_hash_with_group_id: group id {group_id} does not fit in 4 unsigned "
-            f"bytes; expected 0..{_MAX_GROUP_ID}"
-        )
-    return BlockHashWithGroupId(block_hash + group_id.to_bytes(_GROUP_ID_BYTES, "big"))
+    op = "make_block_hash_with_group_id"
+    if not isinstance(block_hash, bytes):
+        raise InvalidArgumentError(f"{op}: block_hash={show(block_hash)}; expected bytes")
+    return BlockHashWithGroupId(block_hash + group_id_suffix(op, group_id))
 
 
 def get_block_hash(key: BlockHashWithGroupId) -> BlockHash:
     """The content hash of a prefix-cache key (the key without its group id)."""
-    return BlockHash(key[:-_GROUP_ID_BYTES])
+    return BlockHash(key[:-GROUP_ID_BYTES])
 
 
 def get_group_id(key: BlockHashWithGroupId) -> int:
     """The KV-cache group id encoded in the last 4 bytes of a prefix-cache key."""
-    return int.from_bytes(key[-_GROUP_ID_BYTES:], "big")
+    return int.from_bytes(key[-GROUP_ID_BYTES:], "big")
 
 
 class KVCacheBlock:

@@ -24,12 +24,26 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-from kvspec.impl.block import KVCacheBlock
+from kvspec.impl.block import KVCacheBlock, group_id_suffix
 from kvspec.impl.block_pool import BlockPool
 from kvspec.impl.errors import InvalidArgumentError
-from kvspec.impl.kv_cache_manager import AllocationError, cdiv
+from kvspec.impl.kv_cache_manager import AllocationError, cdiv, check_request
 from kvspec.impl.kv_cache_utils import PROFILES, HashFn, get_request_block_hasher, sha256
 from kvspec.impl.request import Request
+from kvspec.impl.validate import (
+    as_list,
+    check_bool,
+    check_callable,
+    check_int,
+    check_optional_int,
+    check_str,
+)
+
+
+def check_block_sizes(op: str, group_block_sizes: Sequence[int]) -> list[int]:
+    """The groups' block sizes as a list of ints >= 1, else :class:`InvalidArgumentError`."""
+    return [check_int(op, "a group block size", size, minimum=1)
+            for size in as_list(op, "group_block_sizes", group_block_sizes)]
 
 
 def resolve_kv_cache_block_sizes(
@@ -45,10 +59,11 @@ def resolve_kv_cache_block_sizes(
     else the gcd (the finest size every group is a multiple of), and only when prefix
     caching is on -- without it hashes are never read, so they stay at the lcm.
     """
-    if cache_block_size <= 0 or any(bs <= 0 for bs in group_block_sizes):
-        raise InvalidArgumentError(
-            f"resolve_kv_cache_block_sizes: block sizes must be positive, got "
-            f"cache_block_size={cache_block_size}, group_block_sizes={list(group_block_sizes)}")
+    op = "resolve_kv_cache_block_sizes"
+    check_int(op, "cache_block_size", cache_block_size, minimum=1)
+    group_block_sizes = check_block_sizes(op, group_block_sizes)
+    check_bool(op, "enable_caching", enable_caching)
+    check_optional_int(op, "hash_block_size", hash_block_size, 1)
     if len(group_block_sizes) <= 1:
         return cache_block_size, cache_block_size
     scheduler_block_size = math.lcm(*group_block_sizes)
@@ -129,7 +144,10 @@ class HybridKVCacheCoordinator:
     """Prefix caching and allocation for full-attention groups of different block sizes.
 
     The same operations as :class:`~kvspec.impl.kv_cache_manager.KVCacheManager`, with one
-    block list per group wherever the manager has one list.
+    block list per group wherever the manager has one list, and the same promise: every
+    public method checks its arguments before anything changes. Operations that touch
+    several groups make one pool call for all of them where a refusal is possible
+    (``touch`` of the hits), so no group is changed by a call another group refuses.
     """
 
     def __init__(
@@ -143,17 +161,21 @@ class HybridKVCacheCoordinator:
         max_model_len: int | None = None,
         hash_fn: HashFn = sha256,
     ) -> None:
+        op = "HybridKVCacheCoordinator"
+        group_block_sizes = check_block_sizes(op, group_block_sizes)
         if not group_block_sizes:
-            raise InvalidArgumentError("HybridKVCacheCoordinator: expected at least one group")
+            raise InvalidArgumentError(f"{op}: group_block_sizes=[]; expected at least one group")
         self.scheduler_block_size, self.hash_block_size = resolve_kv_cache_block_sizes(
             group_block_sizes, min(group_block_sizes), enable_caching, hash_block_size)
+        self.max_model_len = check_optional_int(op, "max_model_len", max_model_len, 1)
+        check_callable(op, "hash_fn", hash_fn)
+        self.block_hasher = get_request_block_hasher(self.hash_block_size, hash_fn,
+                                                     profile=profile)
         self.block_pool = BlockPool(num_blocks, enable_caching=enable_caching, profile=profile)
         self.enable_caching = enable_caching
         self.profile = profile
-        self.max_model_len = max_model_len
         self.groups = [FullAttentionGroup(i, bs) for i, bs in enumerate(group_block_sizes)]
-        self.block_hasher = get_request_block_hasher(self.hash_block_size, hash_fn,
-                                                     profile=profile)
+        self._key_suffixes = [group_id_suffix(op, g.group_id) for g in self.groups]
 
     def _view(self, request: Request, group: FullAttentionGroup) -> Sequence[bytes]:
         if group.block_size == self.hash_block_size:
@@ -173,16 +195,20 @@ class HybridKVCacheCoordinator:
         downward-closed (a hit of L tokens contains every shorter aligned hit), so the
         agreed length is the minimum, and each group keeps the blocks below it.
         """
+        op = "find_longest_cache_hit"
+        check_request(op, request)
+        return self._find_longest_cache_hit(
+            request, check_int(op, "max_cache_hit_length", max_cache_hit_length))
+
+    def _find_longest_cache_hit(
+        self, request: Request, max_cache_hit_length: int
+    ) -> tuple[tuple[list[KVCacheBlock], ...], int]:
         align = self.scheduler_block_size
         hit_length = max_cache_hit_length - max_cache_hit_length % align
         per_group: list[list[KVCacheBlock]] = []
         for group in self.groups:
-            blocks: list[KVCacheBlock] = []
-            for block_hash in self._view(request, group)[:hit_length // group.block_size]:
-                cached = self.block_pool.get_cached_block(block_hash, (group.group_id,))
-                if not cached:
-                    break
-                blocks.append(cached[0])
+            blocks = self.block_pool.get_cached_prefix(
+                self._view(request, group)[:hit_length // group.block_size], group.group_id)
             group_hit = len(blocks) * group.block_size
             hit_length = min(hit_length, group_hit - group_hit % align)
             per_group.append(blocks)
@@ -193,9 +219,10 @@ class HybridKVCacheCoordinator:
         self, request: Request
     ) -> tuple[tuple[list[KVCacheBlock], ...], int]:
         """The longest cached prefix, capped at ``num_tokens - 1``; pure, as for one group."""
+        check_request("get_computed_blocks", request)
         if not self.enable_caching:
             return tuple([] for _ in self.groups), 0
-        return self.find_longest_cache_hit(request, request.num_tokens - 1)
+        return self._find_longest_cache_hit(request, max(request.num_tokens - 1, 0))
 
     # -- allocation -----------------------------------------------------------------------
 
@@ -210,14 +237,16 @@ class HybridKVCacheCoordinator:
         """Slots in every group for ``num_new_tokens`` more tokens; None if they do not fit.
 
         Capacity is summed over groups (one pool), counting zero-ref hits; all groups'
-        hits are touched before any group pops a new block, so one group's allocation
-        cannot evict another group's hit.
+        hits are touched (in one pool call) before any group pops a new block, so one
+        group's allocation cannot evict another group's hit.
         """
-        req_id = request.request_id
-        hits = ([list(h) for h in new_computed_blocks] if new_computed_blocks is not None
-                else [[] for _ in self.groups])
+        op = "allocate_slots"
+        hits = ([as_list(op, "new_computed_blocks[i]", h)
+                 for h in as_list(op, "new_computed_blocks", new_computed_blocks)]
+                if new_computed_blocks is not None else [[] for _ in self.groups])
         self._check_args(request, num_new_tokens, num_new_computed_tokens, hits,
                          num_lookahead_tokens)
+        req_id = request.request_id
         total_computed = request.num_computed_tokens + num_new_computed_tokens
         num_tokens_main = total_computed + num_new_tokens
         num_tokens_need_slot = num_tokens_main + num_lookahead_tokens
@@ -235,9 +264,11 @@ class HybridKVCacheCoordinator:
         if num_needed > self.block_pool.get_num_free_blocks():
             return None
 
+        all_hits = [b for group_hits in hits for b in group_hits]
+        if all_hits:
+            self.block_pool.touch(all_hits)
         for group, group_hits in zip(self.groups, hits, strict=True):
             if group_hits:
-                self.block_pool.touch(group_hits)
                 group.req_to_blocks.setdefault(req_id, []).extend(group_hits)
                 group.num_cached_block[req_id] = len(group.req_to_blocks[req_id])
         new_blocks: list[list[KVCacheBlock]] = []
@@ -255,18 +286,32 @@ class HybridKVCacheCoordinator:
 
         Content past the last lcm boundary can never be part of a hit (hits are lcm
         aligned), so it is not cached: a finer group's block there would only occupy the
-        index.
+        index. Every group is checked to hold its blocks before any group caches.
         """
+        op = "cache_blocks"
+        check_request(op, request)
+        num_tokens = check_int(op, "num_tokens", num_tokens)
+        if not self.enable_caching:
+            return
         num_tokens -= num_tokens % self.scheduler_block_size
         req_id = request.request_id
+        plan = []
         for group in self.groups:
             view = self._view(request, group)
             num_cached = group.num_cached_block.get(req_id, 0)
             num_full = min(num_tokens // group.block_size, len(view))
             if num_cached >= num_full:
                 continue
-            self.block_pool.cache_full_blocks(view, group.req_to_blocks[req_id], num_cached,
-                                              num_full, kv_cache_group_id=group.group_id)
+            table = group.req_to_blocks.get(req_id, [])
+            if len(table) < num_full:
+                raise AllocationError(
+                    f"{op}({req_id!r}): group {group.group_id} has {num_full} full blocks to "
+                    f"cache but the request holds {len(table)}; expected num_tokens within "
+                    "its allocated slots")
+            plan.append((group, view, table, num_cached, num_full))
+        for group, view, table, num_cached, num_full in plan:
+            self.block_pool.cache_full_blocks(view, table, num_cached, num_full,
+                                              kv_cache_group_id=group.group_id)
             group.num_cached_block[req_id] = num_full
 
     def _check_args(
@@ -277,37 +322,78 @@ class HybridKVCacheCoordinator:
         hits: list[list[KVCacheBlock]],
         num_lookahead_tokens: int,
     ) -> None:
+        check_request("allocate_slots", request)
         req_id = request.request_id
-        if min(num_new_tokens, num_new_computed_tokens, num_lookahead_tokens) < 0:
-            raise InvalidArgumentError(
-                f"allocate_slots({req_id!r}): token counts must be >= 0")
+        op = f"allocate_slots({req_id!r})"
+        for name, value in (("num_new_tokens", num_new_tokens),
+                            ("num_new_computed_tokens", num_new_computed_tokens),
+                            ("num_lookahead_tokens", num_lookahead_tokens)):
+            check_int(op, name, value)
         if num_new_tokens == 0 and (self.profile == "classic" or num_new_computed_tokens == 0):
             raise InvalidArgumentError(
-                f"allocate_slots({req_id!r}): nothing to allocate; expected num_new_tokens > 0")
+                f"{op}: nothing to allocate (num_new_tokens=0, num_new_computed_tokens="
+                f"{num_new_computed_tokens}); expected num_new_tokens > 0")
         if len(hits) != len(self.groups):
             raise AllocationError(
-                f"allocate_slots({req_id!r}): hits for {len(hits)} groups; expected "
-                f"{len(self.groups)}")
+                f"{op}: hits for {len(hits)} groups; expected {len(self.groups)}")
+        num_tokens_main = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
+        if self.max_model_len is not None and num_tokens_main > self.max_model_len:
+            raise AllocationError(
+                f"{op}: {num_tokens_main} tokens after this step; expected at most "
+                f"max_model_len={self.max_model_len}")
         for group, group_hits in zip(self.groups, hits, strict=True):
             if len(group_hits) * group.block_size != num_new_computed_tokens:
                 raise AllocationError(
-                    f"allocate_slots({req_id!r}): group {group.group_id} has "
-                    f"{len(group_hits)} hit blocks of {group.block_size} tokens but "
-                    f"num_new_computed_tokens={num_new_computed_tokens}; expected the pair "
-                    "returned by get_computed_blocks")
-            if group_hits and group.req_to_blocks.get(req_id):
-                raise AllocationError(
-                    f"allocate_slots({req_id!r}): hits adopted by a request that already holds "
-                    f"blocks in group {group.group_id}; expected hits only at admission")
+                    f"{op}: group {group.group_id} has {len(group_hits)} hit blocks of "
+                    f"{group.block_size} tokens but num_new_computed_tokens="
+                    f"{num_new_computed_tokens}; expected the pair returned by "
+                    "get_computed_blocks")
+        if num_new_computed_tokens:
+            self._check_hits(request, hits, num_new_computed_tokens)
+
+    def _check_hits(
+        self, request: Request, hits: list[list[KVCacheBlock]], num_new_computed_tokens: int
+    ) -> None:
+        """Hits only at admission, within the lookup cap, and each still cached under the
+        request's hash (in its group's view) at its position."""
+        req_id = request.request_id
+        op = f"allocate_slots({req_id!r})"
+        if not self.enable_caching:
+            raise AllocationError(f"{op}: hits with prefix caching disabled; expected none")
+        if request.num_computed_tokens or any(g.req_to_blocks.get(req_id) for g in self.groups):
+            raise AllocationError(
+                f"{op}: hits adopted by a request that already holds blocks or computed "
+                "tokens; expected hits only at admission")
+        if num_new_computed_tokens > max(request.num_tokens - 1, 0):
+            raise AllocationError(
+                f"{op}: {num_new_computed_tokens} hit tokens for {request.num_tokens} tokens; "
+                "expected a hit that leaves the last token to compute")
+        for group, group_hits, suffix in zip(self.groups, hits, self._key_suffixes,
+                                             strict=True):
+            self.block_pool.check_blocks(op, group_hits)
+            view = self._view(request, group)
+            for block, block_hash in zip(group_hits, view, strict=False):
+                key = block.block_hash
+                if (key is None or not isinstance(block_hash, bytes)
+                        or key != block_hash + suffix):
+                    raise AllocationError(
+                        f"{op}: hit block {block.block_id} of group {group.group_id} is not "
+                        "cached under the request's hash at its position; expected the "
+                        "blocks get_computed_blocks returned")
 
     # -- release and observation ----------------------------------------------------------
 
     def free(self, request: Request) -> None:
-        """Free every group's table, group by group, each tail first."""
+        """Free every group's table, group by group, each tail first.
+
+        The pool cannot refuse these frees: a table holds one reference per entry, and
+        nothing else releases them.
+        """
+        check_request("free", request)
         for group in self.groups:
             blocks = group.req_to_blocks.pop(request.request_id, [])
             group.num_cached_block.pop(request.request_id, None)
-            self.block_pool.free_blocks(list(reversed(blocks)))
+            self.block_pool.free_blocks(blocks[::-1])
 
     def reset_prefix_cache(self) -> bool:
         return self.block_pool.reset_prefix_cache()
@@ -318,5 +404,6 @@ class HybridKVCacheCoordinator:
 
     def get_block_ids(self, request_id: str) -> tuple[list[int], ...]:
         """One list of block ids per group; empty lists for an unknown request."""
+        check_str("get_block_ids", "request_id", request_id)
         return tuple([b.block_id for b in g.req_to_blocks.get(request_id, ())]
                      for g in self.groups)

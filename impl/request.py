@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from kvspec.impl.errors import InvalidArgumentError
+from kvspec.impl.validate import as_list, check_str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +59,9 @@ class Request:
         cache_salt: str | None = None,
         mm_features: Iterable[MultiModalFeature] = (),
     ) -> None:
-        self.request_id = request_id
-        self.prompt_token_ids: list[int] = list(prompt_token_ids)
+        self.request_id = check_str("Request", "request_id", request_id)
+        self.prompt_token_ids: list[int] = list(as_list("Request", "prompt_token_ids",
+                                                        prompt_token_ids))
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(self.prompt_token_ids)

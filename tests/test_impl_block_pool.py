@@ -82,9 +82,9 @@ def test_get_new_blocks_evicts_cached_block_hash_before_ref_cnt_set() -> None:
     got = pool.get_new_blocks(2)
 
     assert [b.block_id for b in got] == [3, 2]
-    # _maybe_evict_cached_block ran for each popped block while its ref_cnt was still 0,
-    # and the cached one's key was already gone from the index at that point.
-    assert pool.seen == [(3, 0, False, False), (2, 0, True, False)]
+    # _maybe_evict_cached_block ran for the popped cached block (the eviction victim) while
+    # its ref_cnt was still 0, and its key was already gone from the index at that point.
+    assert pool.seen == [(2, 0, True, False)]
     assert b2.ref_cnt == 1 and b2.block_hash is None
     assert pool.get_cached_block(b"h") is None
 
@@ -313,6 +313,41 @@ def test_get_cached_block_is_pure() -> None:
     before = queue_ids(pool)
     assert pool.get_cached_block(b"h") == [b1]
     assert b1.ref_cnt == 0 and queue_ids(pool) == before
+
+
+def test_get_cached_prefix_is_the_per_block_lookups_up_to_the_first_miss() -> None:
+    pool = BlockPool(8)
+    b1, b2, b3, b4, b5 = pool.get_new_blocks(5)
+    pool.cache_full_blocks([b"a", b"b", b"c"], [b1, b2, b3], 0, 3)
+    pool.cache_block(b4, b"b")  # a duplicate: lookups keep returning the first holder
+    pool.cache_block(b5, b"z", group_id=1)
+    chain = [b"a", b"b", b"x", b"c"]  # "c" is cached but follows a miss
+    per_block = []
+    for block_hash in chain:
+        hit = pool.get_cached_block(block_hash, [0])
+        if hit is None:
+            break
+        per_block.append(hit[0])
+    assert pool.get_cached_prefix(chain) == per_block == [b1, b2]
+    assert pool.get_cached_prefix((b"a", b"b", b"c")) == [b1, b2, b3]
+    assert pool.get_cached_prefix([b"z"], 1) == [b5] and pool.get_cached_prefix([b"z"]) == []
+    assert BlockPool(4, enable_caching=False).get_cached_prefix([b"a"]) == []
+
+
+def test_get_cached_prefix_checks_every_hash_and_changes_nothing() -> None:
+    pool = BlockPool(4)
+    (b1,) = pool.get_new_blocks(1)
+    pool.cache_block(b1, b"a")
+    pool.free_blocks([b1])
+    before = (queue_ids(pool), b1.ref_cnt, b1.block_hash)
+    with pytest.raises(InvalidArgumentError, match="get_cached_prefix: a block hash=None"):
+        pool.get_cached_prefix([b"a", b"miss", None])  # after the miss, still checked
+    with pytest.raises(InvalidArgumentError, match="group id -1"):
+        pool.get_cached_prefix([b"a"], -1)
+    with pytest.raises(InvalidArgumentError, match="block_hashes=b'a'"):
+        pool.get_cached_prefix(b"a")
+    assert pool.get_cached_prefix(iter([b"a"])) == [b1]
+    assert (queue_ids(pool), b1.ref_cnt, b1.block_hash) == before
 
 
 def test_cache_full_blocks_hashes_new_full_blocks_and_skips_null() -> None:

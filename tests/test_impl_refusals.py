@@ -164,6 +164,66 @@ CASES: list[tuple[str, Op, type[KVCacheError], str]] = [
         "fork_block: block 99",
     ),
     (
+        "a float count",
+        lambda p: p.get_new_blocks(1.5),
+        InvalidArgumentError,
+        "get_new_blocks: num_blocks=1.5; expected a non-negative int",
+    ),
+    ("a NaN count", lambda p: p.get_new_blocks(float("nan")), InvalidArgumentError, "nan"),
+    ("a bool count", lambda p: p.get_new_blocks(True), InvalidArgumentError, "True"),
+    ("a str count", lambda p: p.get_new_blocks("2"), InvalidArgumentError, "'2'"),
+    ("a None count", lambda p: p.get_new_blocks(None), InvalidArgumentError, "None"),
+    (
+        "free an id after a block that reaches 0",
+        lambda p: p.free_blocks([p.blocks[3], 2]),
+        InvalidBlockError,
+        "free_blocks: got 2; expected a KVCacheBlock of this pool",
+    ),
+    ("free a non-iterable", lambda p: p.free_blocks(3), InvalidArgumentError, "iterable"),
+    ("touch an id", lambda p: p.touch([2]), InvalidBlockError, "touch: got 2"),
+    ("touch None", lambda p: p.touch(None), InvalidArgumentError, "touch: blocks=None"),
+    (
+        "cache under a None hash",
+        lambda p: p.cache_block(p.blocks[3], None),
+        InvalidArgumentError,
+        "cache_block: block_hash=None; expected bytes",
+    ),
+    ("cache under an int hash", lambda p: p.cache_block(p.blocks[3], 123),
+     InvalidArgumentError, "block_hash=123"),
+    ("cache under a str hash", lambda p: p.cache_block(p.blocks[3], "h"),
+     InvalidArgumentError, "block_hash='h'"),
+    ("cache in a bool group", lambda p: p.cache_block(p.blocks[3], b"x", True),
+     InvalidArgumentError, "group id True"),
+    ("cache in a group beyond 4 bytes", lambda p: p.cache_block(p.blocks[3], b"x", 2**32),
+     InvalidArgumentError, "group id 4294967296"),
+    ("cache an id", lambda p: p.cache_block(3, b"x"), InvalidBlockError, "cache_block: got 3"),
+    (
+        "cache_full_blocks with a None hash",
+        lambda p: p.cache_full_blocks([b"a", None], [p.blocks[1], p.blocks[3]], 1, 2),
+        InvalidArgumentError,
+        "expected bytes",
+    ),
+    (
+        "cache_full_blocks with a float count",
+        lambda p: p.cache_full_blocks([b"a"], [p.blocks[3]], 0, 1.0),
+        InvalidArgumentError,
+        "num_full_blocks=1.0",
+    ),
+    (
+        "cache_full_blocks with an id among the blocks",
+        lambda p: p.cache_full_blocks([b"a", b"b"], [p.blocks[3], 5], 0, 2),
+        InvalidBlockError,
+        "cache_full_blocks: got 5",
+    ),
+    ("look up a str hash", lambda p: p.get_cached_block("h1"), InvalidArgumentError,
+     "get_cached_block: block_hash='h1'"),
+    ("look up in a negative group", lambda p: p.get_cached_block(b"h1", [-1]),
+     InvalidArgumentError, "group id -1"),
+    ("look up in groups that are not a list", lambda p: p.get_cached_block(b"h1", 0),
+     InvalidArgumentError, "kv_cache_group_ids=0"),
+    ("fork an id", lambda p: p.fork_block(1), InvalidBlockError, "fork_block: got 1"),
+    ("evict a bool id", lambda p: p.evict_blocks([True]), InvalidBlockError, "True"),
+    (
         "evict a valid then an out-of-range id",
         lambda p: p.evict_blocks([1, 99]),
         InvalidBlockError,
@@ -214,6 +274,44 @@ def test_cache_block_with_caching_disabled_is_refused_unchanged() -> None:
         pool.cache_full_blocks([b"h"], [b1], 0, 1)
     assert snapshot(pool) == before
     assert pool.get_cached_block(b"h") is None
+
+
+def test_a_refused_float_count_leaves_the_free_count_and_queue_usable() -> None:
+    pool = BlockPool(4)
+    with pytest.raises(InvalidArgumentError):
+        pool.get_new_blocks(1.5)  # type: ignore[arg-type]
+    assert pool.get_num_free_blocks() == 3
+    assert [b.block_id for b in pool.get_new_blocks(2)] == [1, 2]
+
+
+def test_a_refused_free_with_an_id_keeps_every_block_where_it_was() -> None:
+    pool = BlockPool(4)
+    a = pool.get_new_blocks(2)
+    with pytest.raises(InvalidBlockError):
+        pool.free_blocks([a[0], 2])  # type: ignore[list-item]
+    assert a[0].ref_cnt == 1
+    pool.free_blocks([a[0]])  # the real free still works: ref 1 -> 0, queued
+    assert a[0].ref_cnt == 0 and a[0] in pool.free_block_queue.get_all_free_blocks()
+
+
+def test_a_bool_count_hands_out_nothing() -> None:
+    pool = BlockPool(4)
+    with pytest.raises(InvalidArgumentError):
+        pool.get_new_blocks(True)
+    assert pool.get_num_free_blocks() == 3
+
+
+@pytest.mark.parametrize(
+    "bad", [lambda p: p.touch([2]), lambda p: p.cache_block(p.blocks[1], None),
+            lambda p: p.get_new_blocks("2"), lambda p: p.free_blocks([object()])],
+)
+def test_no_raw_type_or_attribute_error_escapes(bad: Op) -> None:
+    pool = BlockPool(4)
+    pool.get_new_blocks(1)
+    with pytest.raises(KVCacheError) as caught:
+        bad(pool)
+    assert not isinstance(caught.value, TypeError | AttributeError)
+    assert "\n" not in str(caught.value)
 
 
 def test_refusals_are_value_errors_as_upstream_callers_expect() -> None:
