@@ -20,6 +20,7 @@ EXTERNAL = {
     "store": "kvspec.benchmarks.block_store",
     "upstream": "kvspec.benchmarks.upstream",
     "prove": "kvspec.benchmarks.prove",
+    "check": "kvspec.benchmarks.check",
 }
 BUILTIN = ("queue", "pool")
 DEFAULT = BUILTIN
