@@ -148,10 +148,8 @@ def generate_block_hash_extra_keys(
 BlockHasher = Callable[["Request"], list[BlockHash]]
 
 
-def get_request_block_hasher(
-    block_size: int, hash_fn: HashFn = sha256, *, profile: str = "current"
-) -> BlockHasher:
-    """A closure computing the hashes of a request's newly completed full blocks.
+class RequestBlockHasher:
+    """Computes the hashes of a request's newly completed full blocks.
 
     ``Request`` calls it at construction and after each ``append_output_token_ids``,
     appending the result to ``request.block_hashes``. It starts at token
@@ -159,23 +157,39 @@ def get_request_block_hasher(
     block is hashed exactly once over the request's life. A trailing partial block is
     never hashed: its content is not final, and a hash of it would let a later request
     adopt a block that is still being written.
-    """
-    if block_size <= 0:
-        raise InvalidArgumentError(
-            f"get_request_block_hasher: block_size must be positive, got {block_size}")
-    _check_profile("get_request_block_hasher", profile)
 
-    def request_block_hasher(request: Request) -> list[BlockHash]:
+    A small class rather than a closure, so that a request (and a manager holding
+    requests) can be pickled: the conformance engines copy targets that way.
+    """
+
+    __slots__ = ("block_size", "hash_fn", "profile")
+
+    def __init__(self, block_size: int, hash_fn: HashFn, profile: str) -> None:
+        self.block_size = block_size
+        self.hash_fn = hash_fn
+        self.profile = profile
+
+    def __call__(self, request: Request) -> list[BlockHash]:
+        block_size = self.block_size
         start = len(request.block_hashes) * block_size
         parent: bytes | None = request.block_hashes[-1] if request.block_hashes else None
         tokens = request.all_token_ids
         new_hashes: list[BlockHash] = []
         while start + block_size <= len(tokens):
             end = start + block_size
-            extra = generate_block_hash_extra_keys(request, start, end, profile=profile)
-            parent = hash_block_tokens(hash_fn, parent, tokens[start:end], extra)
+            extra = generate_block_hash_extra_keys(request, start, end, profile=self.profile)
+            parent = hash_block_tokens(self.hash_fn, parent, tokens[start:end], extra)
             new_hashes.append(parent)
             start = end
         return new_hashes
 
-    return request_block_hasher
+
+def get_request_block_hasher(
+    block_size: int, hash_fn: HashFn = sha256, *, profile: str = "current"
+) -> BlockHasher:
+    """The hasher of a request's full blocks (:class:`RequestBlockHasher`)."""
+    if block_size <= 0:
+        raise InvalidArgumentError(
+            f"get_request_block_hasher: block_size must be positive, got {block_size}")
+    _check_profile("get_request_block_hasher", profile)
+    return RequestBlockHasher(block_size, hash_fn, profile)

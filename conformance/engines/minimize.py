@@ -70,13 +70,13 @@ def minimize(level: Level, factory: Any, options: RunOptions, failure: Divergenc
     if failure.groups:  # whole moves first: they keep lookups and their admissions together
         units = _regroup(best.steps, failure.groups)
         best = _ddmin(best, units, lambda steps, c=best.config: fails(c, steps))
-    while True:
+    best = _ddmin(best, [[s] for s in best.steps], lambda steps, c=best.config: fails(c, steps))
+    while True:  # single steps and windows again after each simplification, to a fixed point
         config = best.config
-        shorter = _ddmin(best, [[s] for s in best.steps],
-                         lambda steps, config=config: fails(config, steps))
-        shorter = _drop_windows(shorter, lambda steps, config=config: fails(config, steps))
+        shorter = _drop_windows(best, (1, 2, 3),
+                                lambda steps, config=config: fails(config, steps))
         simpler = _simplify(level, shorter, fails)
-        if simpler is shorter:
+        if simpler is shorter and len(shorter.steps) == len(best.steps):
             return Minimized(simpler, replays)
         best = simpler
 
@@ -122,13 +122,13 @@ def _truncate(units: list[list[Step]], length: int) -> list[list[Step]]:
     return out
 
 
-def _drop_windows(failure: Divergence, fails: Callable[[list[Step]], Divergence | None]
-                  ) -> Divergence:
-    """Remove two or three consecutive steps at every position (a lookup with its
-    admission, a step with its compute): single removals cannot, when each alone leaves the
-    sequence out of scope."""
+def _drop_windows(failure: Divergence, widths: tuple[int, ...],
+                  fails: Callable[[list[Step]], Divergence | None]) -> Divergence:
+    """Remove ``widths`` consecutive steps at every position: single steps (what
+    1-minimality is about), then two and three (a lookup with its admission, a step with its
+    compute), which single removals cannot take when each alone leaves the scope."""
     best = failure
-    for width in (2, 3):
+    for width in widths:
         i = 0
         while i + width <= len(best.steps):
             found = fails(best.steps[:i] + best.steps[i + width:])
@@ -141,18 +141,25 @@ def _drop_windows(failure: Divergence, fails: Callable[[list[Step]], Divergence 
 
 def _simplify(level: Level, failure: Divergence,
               fails: Callable[[Any, list[Step]], Divergence | None]) -> Divergence:
-    """The first single simplification (of the config, then of one step) that still fails;
-    ``failure`` itself when none does."""
-    for config in _smaller_configs(failure.config):
-        found = fails(config, list(failure.steps))
+    """Every single simplification that still fails, taken greedily in one pass: the
+    smallest pool first, then each step's simpler arguments. ``failure`` itself (the same
+    object) when none does."""
+    best = failure
+    for config in _smaller_configs(best.config):
+        found = fails(config, list(best.steps))
         if found is not None:
-            return found
-    for i, step in enumerate(failure.steps):
-        for simpler in level.simplify(step):
-            found = fails(failure.config, [*failure.steps[:i], simpler, *failure.steps[i + 1:]])
+            best = found
+            break
+    i = 0
+    while i < len(best.steps):
+        for simpler in level.simplify(best.steps[i]):
+            found = fails(best.config, [*best.steps[:i], simpler, *best.steps[i + 1:]])
             if found is not None:
-                return found
-    return failure
+                best = found
+                break
+        else:
+            i += 1
+    return best
 
 
 def _smaller_configs(config: Any) -> Iterator[Any]:

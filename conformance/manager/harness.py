@@ -509,7 +509,11 @@ def simplify(step: Step) -> Iterator[Step]:
         for key in ("num_lookahead_tokens", "num_new_tokens"):
             value = a.get(key)
             if isinstance(value, int) and value > 0:
-                yield Step(step.op, {**a, key: value - 1})
+                for lower in sorted({0, 1, value // 2, value - 1} - {value}):
+                    if lower == 0 and key == "num_lookahead_tokens":
+                        yield Step(step.op, {k: v for k, v in a.items() if k != key})
+                    else:
+                        yield Step(step.op, {**a, key: lower})
     if step.op == "append_output_tokens":
         tokens = list(a.get("token_ids", []))
         if len(tokens) > 1:
