@@ -82,20 +82,25 @@ def test_a_return_value_divergence_shows_both_sides_after_the_same_step() -> Non
     assert failure.spec_view["free_queue"] == failure.target_view["free_queue"] == [3]
 
 
-@pytest.mark.parametrize("level, factory", [("pool", impl_pool_factory),
-                                            ("manager", impl_manager_factory)])
-def test_every_named_situation_is_reached_under_the_ci_profile(level: str, factory) -> None:
+@pytest.fixture(scope="module", params=[("pool", impl_pool_factory),
+                                        ("manager", impl_manager_factory)],
+                ids=["pool", "manager"])
+def ci_run(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """One random run per level under the ci profile, shared by the coverage tests."""
+    level, factory = request.param
     result = run_check(factory, level=level, settings_name="ci", exhaustive=False, **QUICK)
     assert result.passed, result.failure
-    missing = [s for s in result.situations if not result.stats.situations[s]]
+    return result
+
+
+def test_every_named_situation_is_reached_under_the_ci_profile(ci_run) -> None:
+    missing = [s for s in ci_run.situations if not ci_run.stats.situations[s]]
     assert not missing, f"not reached under ci: {missing}"
 
 
-def test_no_move_takes_most_of_a_run() -> None:
-    result = run_check(impl_pool_factory, level="pool", settings_name="ci", exhaustive=False,
-                       **QUICK)
-    total = sum(result.stats.rules.values())
-    top, count = result.stats.rules.most_common(1)[0]
+def test_no_move_takes_most_of_a_run(ci_run) -> None:
+    total = sum(ci_run.stats.rules.values())
+    top, count = ci_run.stats.rules.most_common(1)[0]
     assert count < total / 4, f"{top} took {count} of {total} steps"
 
 
