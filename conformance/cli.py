@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": (f"{_CMD}.check", "drive a target allocator against the spec"),
     "mutants": (f"{_CMD}.mutants", "run the suite against the mutant zoo (kill matrix)"),
     "replay": (f"{_CMD}.replay", "replay a kvspec-trace file against a target"),
+    "show": (f"{_CMD}.show", "render a kvspec-trace file as one static HTML page"),
     "prove": (f"{_CMD}.prove", "bounded model checking and induction proofs with z3"),
     "bench": ("kvspec.benchmarks.cli", "benchmarks: free queue, block pool, block store, upstream"),
     "estimate": (f"{_CMD}.estimate", "KV memory with and without prefix caching"),
