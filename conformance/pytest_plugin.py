@@ -11,7 +11,8 @@ collection).
 
 ``--kvspec-db DIR`` loads a Hypothesis settings profile whose example database is ``DIR``
 (on top of the profile already loaded), for runs that share examples through a shared
-folder; ``--kvspec-only`` collects nothing else (``kvspec fuzz`` uses both).
+folder; ``--kvspec-replay`` one that only replays what the database holds;
+``--kvspec-only`` collects nothing else (``kvspec fuzz`` uses all three).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import pytest
 
 LEVELS = ("pool", "manager", "content", "all")
-DB_PROFILE = "kvspec-db"
+RUN_PROFILE = "kvspec-run"
+"""The Hypothesis profile --kvspec-db and --kvspec-replay load, on top of the loaded one."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "other workers or hosts)")
     group.addoption("--kvspec-only", action="store_true",
                     help="collect only the kvspec conformance tests")
+    group.addoption("--kvspec-replay", action="store_true",
+                    help="generate nothing: only replay the examples saved in the database")
 
 
 def _target(config: pytest.Config) -> str | None:
@@ -53,13 +57,18 @@ def _target(config: pytest.Config) -> str | None:
 @pytest.hookimpl(trylast=True)  # after Hypothesis's plugin has loaded --hypothesis-profile
 def pytest_configure(config: pytest.Config) -> None:
     db = config.getoption("kvspec_db", None)
-    if db is not None:
-        from hypothesis import settings
+    replay = config.getoption("kvspec_replay", False)
+    if db is not None or replay:
+        from hypothesis import Phase, settings
         from hypothesis.database import DirectoryBasedExampleDatabase
 
-        settings.register_profile(DB_PROFILE, parent=settings.default,
-                                  database=DirectoryBasedExampleDatabase(str(db)))
-        settings.load_profile(DB_PROFILE)
+        changes: dict[str, Any] = {}
+        if db is not None:
+            changes["database"] = DirectoryBasedExampleDatabase(str(db))
+        if replay:
+            changes["phases"] = [Phase.explicit, Phase.reuse]
+        settings.register_profile(RUN_PROFILE, parent=settings.default, **changes)
+        settings.load_profile(RUN_PROFILE)
     target = _target(config)
     if target is not None:
         config.stash[_CLASSES] = _conformance_classes(config, target)

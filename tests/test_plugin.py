@@ -3,8 +3,6 @@ subprocess, on a small project of the user's own with a correct and a buggy allo
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from kvspec.conformance.engines.replay import replay_trace
 from kvspec.conformance.trace import Trace
@@ -31,13 +29,12 @@ def buggy_factory(num_blocks, *, enable_caching=True, profile="current"):
     return ForwardFreePool(num_blocks, enable_caching=enable_caching, profile=profile)
 '''
 
-#: The user's Hypothesis profiles: few examples where a target passes (these tests show
-#: the plugin's plumbing; the engines have their own tests), and one that only replays.
+#: The user's Hypothesis profile for targets that pass: few examples (these tests show the
+#: plugin's plumbing; the engines have their own tests).
 USER_CONFTEST = '''
-from hypothesis import Phase, settings
+from hypothesis import settings
 
 settings.register_profile("few", max_examples=8, stateful_step_count=12)
-settings.register_profile("replay-only", phases=[Phase.reuse])
 '''
 FEW = ("--hypothesis-profile", "few")
 # Failing runs use Hypothesis's default profile, which finds the buggy pool's bug in its
@@ -155,22 +152,3 @@ def test_without_a_target_the_plugin_adds_nothing(project):
     result = run(project, "-v")
     result.assert_outcomes(passed=1)
     assert "kvspec::" not in result.stdout.str()
-
-
-def test_a_failure_saved_by_one_process_is_replayed_first_by_another(project):
-    """Two processes share one example database folder: the second, which may not
-    generate anything (reuse phase only), fails on the example the first saved, with the
-    same minimal trace."""
-    shared = ["--kvspec-target", "mypools:buggy_factory", "--kvspec-level", "pool",
-              "-k", "test_random", "--kvspec-db", "shared-db"]
-    first = run(project, *shared, "--kvspec-out", ".kvspec/first")
-    first.assert_outcomes(failed=1, deselected=1)
-    alone = run(project, *shared[:-1], "empty-db", "--hypothesis-profile", "replay-only")
-    assert alone.parseoutcomes().get("failed", 0) == 0  # nothing to replay: it skips
-    second = run(project, *shared, "--hypothesis-profile", "replay-only",
-                 "--kvspec-out", ".kvspec/second")
-    second.assert_outcomes(failed=1, deselected=1)
-    name = "random/mypools_buggy_factory-free_queue.json"
-    found = json.loads((project.path / ".kvspec/first" / name).read_text())
-    replayed = json.loads((project.path / ".kvspec/second" / name).read_text())
-    assert found["steps"] == replayed["steps"]
