@@ -37,9 +37,11 @@ from typing import Any
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as hypothesis_settings
 from hypothesis.stateful import run_state_machine_as_test
+from kvspec.conformance.engines.exhaustive import ExhaustiveResult, explore
 from kvspec.conformance.engines.minimize import minimize
-from kvspec.conformance.engines.pipeline import run_check
+from kvspec.conformance.engines.pipeline import EXHAUSTIVE_MAX_DEPTH
 from kvspec.conformance.engines.randomized import make_machine
+from kvspec.conformance.engines.settings import SETTINGS_PROFILES, settings_profile
 from kvspec.conformance.level import Level, Recorder, RunOptions
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.outcome import Divergence
@@ -163,22 +165,22 @@ class _Suite:
         return type(f"{self.level.name.title()}Conformance", (), members)
 
     def run_exhaustive(self) -> None:
-        o = self.options
-        result = run_check(
-            self.factory, target_name=self.name, level=self.level, profile=o.profile,
-            mode=o.mode, bad_input=o.bad_input, random=False, database=None, progress=False,
-        )
+        effort = SETTINGS_PROFILES[settings_profile(None)]
+        result = explore(self.level, self.factory, self.options, Recorder(),
+                         max_depth=EXHAUSTIVE_MAX_DEPTH, seconds=effort.exhaustive_seconds)
         if result.failure is not None:
-            self.fail(result.failure, found_by="exhaustive", exhaustive=result.exhaustive)
+            self.fail(result.failure, found_by="exhaustive", exhaustive=result)
 
-    def fail(self, failure: Divergence, *, found_by: str, exhaustive: Any = None) -> None:
+    def fail(self, failure: Divergence, *, found_by: str,
+             exhaustive: ExhaustiveResult | None = None) -> None:
         """Minimize ``failure``, write its trace, and fail the test with kvspec's report."""
         import pytest
 
         pytest.fail(self.report(failure, found_by=found_by, exhaustive=exhaustive),
                     pytrace=False)
 
-    def report(self, failure: Divergence, *, found_by: str, exhaustive: Any = None) -> str:
+    def report(self, failure: Divergence, *, found_by: str,
+               exhaustive: ExhaustiveResult | None = None) -> str:
         found_length = len(failure.steps)
         minimized = minimize(self.level, self.factory, self.options, failure)
         failure = minimized.failure

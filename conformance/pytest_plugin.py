@@ -80,20 +80,20 @@ def _conformance_classes(config: pytest.Config, target: str) -> dict[str, type]:
     from kvspec.conformance.api import conformance
     from kvspec.conformance.commands.check import levels_to_run
     from kvspec.conformance.pool.targets import TargetSpecError
+    from kvspec.conformance.report import DEFAULT_TRACE_DIR
 
     level = config.getoption("kvspec_level")
     mode = config.getoption("kvspec_mode")
     profile = config.getoption("kvspec_profile")
-    out = config.getoption("kvspec_out")
+    out = config.getoption("kvspec_out") or DEFAULT_TRACE_DIR
     try:
         levels, _notes = levels_to_run(target, level)
         classes = {}
         for lv in levels:
             lv_mode = "strict" if lv == "manager" and level == "all" else mode
             name = f"{lv}[{profile}-{lv_mode}]"
-            extra: dict[str, Any] = {} if out is None else {"out": out}
             classes[name] = conformance(target, level=lv, profile=profile, mode=lv_mode,
-                                        **extra)
+                                        out=out)
     except (TargetSpecError, ValueError) as exc:
         message = str(exc).replace("--target", "--kvspec-target", 1)
         if not message.startswith("--kvspec-target"):
@@ -115,8 +115,7 @@ class ConformanceModule(pytest.Module):
         return module
 
     def collect(self) -> list[pytest.Class]:
-        return [pytest.Class.from_parent(self, name=name) for name in vars(self.obj)
-                if name in self.config.stash[_CLASSES]]
+        return [pytest.Class.from_parent(self, name=name) for name in self.config.stash[_CLASSES]]
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -132,5 +131,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     module = ConformanceModule.from_parent(session, path=config.rootpath / "kvspec",
                                            nodeid="kvspec")
-    for cls in module.collect():
-        items.extend(cls.collect())
+    found = [item for cls in module.collect() for item in cls.collect()]
+    # Reported like any collected module, so that "collected N items" counts them.
+    config.hook.pytest_collectreport(report=pytest.CollectReport(
+        module.nodeid, "passed", None, found))
+    items.extend(found)

@@ -64,7 +64,7 @@ def test_a_hypofuzz_campaign_saves_its_failure_and_reports_it_minimized(project)
                          timeout=120)
     assert result.ret == 1, result.stdout.str()
     result.stdout.fnmatch_lines([
-        "kvspec fuzz: mypools:buggy_factory, levels pool, 2 workers, 0.25 minutes, example "
+        "kvspec fuzz: mypools:buggy_factory, levels pool, 2 workers, 0.25 min, example "
         "database campaign-db",
         "using 2 processes to fuzz 1 test",
         "kvspec fuzz: stopped after 15s; replaying the example database campaign-db",

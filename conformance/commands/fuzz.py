@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     campaign = Campaign(args.target, args.level, args.mode, args.profile, args.db, args.out)
     print(f"kvspec fuzz: {args.target}, levels {', '.join(levels)}, {args.workers} workers, "
-          f"{args.minutes:g} minutes, example database {args.db}", flush=True)
+          f"{args.minutes:g} min, example database {args.db}", flush=True)
     return run_campaign(campaign, workers=args.workers, seconds=args.minutes * 60,
                         dashboard_port=args.dashboard_port)
