@@ -68,9 +68,9 @@ def run_campaign(campaign: Campaign, *, workers: int, seconds: float,
                  dashboard_port: int | None = None) -> int:
     """Fuzz for ``seconds``, then replay the database; pytest's exit status (0: no failure
     saved, 1: failures, reported above). HypoFuzz's stderr (where stopping it prints every
-    worker's interrupted stack) goes to ``hypofuzz.log`` beside the database."""
+    worker's interrupted stack) goes to ``hypofuzz.log`` beside the traces folder."""
     command = fuzz_command(campaign, workers=workers, dashboard_port=dashboard_port)
-    log = campaign.db.parent / "hypofuzz.log"
+    log = campaign.out.parent / "hypofuzz.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as errors:
         # A session of its own, so that stopping it stops HypoFuzz's workers too.

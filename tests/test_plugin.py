@@ -99,7 +99,7 @@ def test_a_failure_shows_the_minimal_sequence_and_writes_a_trace_that_replays(pr
     ],
 )
 def test_a_bad_target_string_stops_the_run_with_one_line(project, target, line):
-    result = run(project, "--kvspec-target", target)
+    result = project.runpytest_inprocess("--kvspec-target", target)  # it stops at once
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [x for x in result.stderr.lines if x.strip()]
     assert len(errors) == 1, result.stderr.str()
@@ -107,8 +107,8 @@ def test_a_bad_target_string_stops_the_run_with_one_line(project, target, line):
 
 
 def test_a_mode_the_level_does_not_run_is_refused_by_name(project):
-    result = run(project, "--kvspec-target", "impl", "--kvspec-level", "manager",
-                 "--kvspec-mode", "abstract")
+    result = project.runpytest_inprocess("--kvspec-target", "impl", "--kvspec-level",
+                                         "manager", "--kvspec-mode", "abstract")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --kvspec-target 'impl': the manager level runs in "
                                  "strict mode, not 'abstract'"])
@@ -149,6 +149,6 @@ def test_ids_and_outcomes_are_the_same_under_xdist(project):
 
 def test_without_a_target_the_plugin_adds_nothing(project):
     project.makepyfile(test_plain="def test_plain():\n    assert True\n")
-    result = run(project, "-v")
+    result = project.runpytest_inprocess("-v")
     result.assert_outcomes(passed=1)
     assert "kvspec::" not in result.stdout.str()
