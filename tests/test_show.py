@@ -118,3 +118,14 @@ def test_kvspec_show_refuses_what_it_cannot_draw_in_one_line(tmp_path, capsys, c
     assert status == 2
     assert out.startswith(f"kvspec show: {message}") and out.count("\n") == 1
     assert not Path(tmp_path / "x.html").exists()
+
+
+def test_a_fresh_state_that_already_diverges_is_the_marked_panel_and_no_step_is_drawn(
+        tmp_path):
+    data = dict(SIX_STEPS, steps=[])
+    page = tmp_path / "fresh.html"
+    replayed = write_html(Trace.from_json(data), "mutant:usage-counts-null", page)
+    text = page.read_text()
+    assert replayed.verdict.startswith("diverges at step 0: caught by usage-excludes-null")
+    assert panels(text) == []
+    assert "<div class='initial divergent'><h2>fresh state</h2>" in text

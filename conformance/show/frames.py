@@ -14,6 +14,7 @@ from typing import Any
 from kvspec.conformance.level import RunOptions
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.outcome import Divergence, OutsideScope
+from kvspec.conformance.report import count_steps
 from kvspec.conformance.trace import Step, Trace
 
 #: Levels whose drivers the page can read (the content level's state is K/V bytes).
@@ -58,7 +59,7 @@ class Replayed:
         stopped = [f for f in self.frames if f.status == "outside-scope"]
         if stopped:
             return f"outside the checked scope at step {stopped[0].index}: {stopped[0].note}"
-        return f"no divergence in {len(self.trace.steps)} steps"
+        return f"no divergence in {count_steps(len(self.trace.steps))}"
 
 
 def replay_frames(trace: Trace, target: str | Any = "impl", *, target_name: str = "") -> Replayed:
@@ -102,7 +103,7 @@ def replay_frames(trace: Trace, target: str | Any = "impl", *, target_name: str 
 
 def _views(driver: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both sides' observations after the driver's last step, as the reports show them."""
-    if hasattr(driver, "target_obs"):  # the manager level
+    if hasattr(driver, "target_obs"):  # the manager driver (the pool driver has target_snap)
         return driver.observe_spec().view(), driver.target_obs.view()
     from kvspec.conformance.pool.driver import view
     from kvspec.spec.invariants import snapshot

@@ -29,7 +29,7 @@ h1{font-size:1.3em;margin:0 0 .2em}
 .meta{color:#555;font-size:.9em}
 .step,.initial{background:#fff;border:1px solid #ddd;border-radius:8px;margin:.8em 0;
  padding:.6em .9em}
-.step.divergent{border:3px solid #d93025;background:#fff6f5}
+.step.divergent,.initial.divergent{border:3px solid #d93025;background:#fff6f5}
 .step.refused{border-left:6px solid #f0a500}
 .step.not-run{opacity:.5}
 .step h2,.initial h2{font-size:1em;margin:.1em 0 .4em;font-family:ui-monospace,monospace}
@@ -66,12 +66,10 @@ def render(replayed: Replayed) -> str:
     trace = replayed.trace
     failed = replayed.divergence is not None or any(
         f.status == "outside-scope" for f in replayed.frames)
-    frames = replayed.frames
-    initial = [f for f in frames if f.step is None and f.status != "divergent"]
-    steps = [f for f in frames if f not in initial]
+    fresh, *steps = replayed.frames  # the fresh state (which may itself diverge), the steps
     handed: list[tuple[int, list[int]]] = []
     panels = []
-    previous = initial[0] if initial else None
+    previous = fresh if fresh.status == "ok" else None
     for frame in steps:
         if frame.handed_out:
             handed.append((frame.index, frame.handed_out))
@@ -86,21 +84,20 @@ def render(replayed: Replayed) -> str:
         f"<div class='verdict {'fail' if failed else 'pass'}'>{_e(replayed.verdict)}</div>"
         + _legend()
     )
-    fresh = ""
-    if initial:
-        fresh = (f"<div class='initial'><h2>fresh state</h2>"
-                 f"{_sides(initial[0], None, [], trace.level)}</div>")
+    note = f"<p class='note'>{_e(fresh.note)}</p>" if fresh.note else ""
+    initial = (f"<div class='initial {fresh.status}'><h2>fresh state</h2>{note}"
+               f"{_sides(fresh, None, [], trace.level)}</div>")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>kvspec trace: {_e(replayed.verdict)}</title>"
-        f"<style>{STYLE}</style></head><body>{head}{fresh}{''.join(panels)}</body></html>\n"
+        f"<style>{STYLE}</style></head><body>{head}{initial}{''.join(panels)}</body></html>\n"
     )
 
 
 def _panel(frame: Frame, previous: Frame | None, handed: list[tuple[int, list[int]]],
            level: str) -> str:
-    assert frame.step is not None or frame.status == "divergent"
-    title = frame.step.describe() if frame.step is not None else "fresh state"
+    assert frame.step is not None
+    title = frame.step.describe()
     badge = {"ok": "", "refused": "refused", "divergent": "diverges here",
              "outside-scope": "outside scope", "not-run": "not run"}[frame.status]
     changed = _changed(frame, previous) if frame.status in ("ok", "refused") else []
