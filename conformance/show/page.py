@@ -16,6 +16,7 @@ import html
 import json
 from typing import Any
 
+from kvspec.conformance.report import count_steps
 from kvspec.conformance.show.frames import Frame, Replayed
 
 NULL_BLOCK = 0
@@ -78,7 +79,7 @@ def render(replayed: Replayed) -> str:
             previous = frame
     head = (
         f"<h1>kvspec trace: {trace.level} level, target {_e(replayed.target)}</h1>"
-        f"<div class='meta'>{len(trace.steps)} steps, config "
+        f"<div class='meta'>{count_steps(len(trace.steps))}, config "
         f"<span class='value'>{_e(json.dumps(trace.config))}</span>"
         + (f"<br>note: {_e(trace.note)}" if trace.note else "") + "</div>"
         f"<div class='verdict {'fail' if failed else 'pass'}'>{_e(replayed.verdict)}</div>"
