@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": (f"{_CMD}.check", "drive a target allocator against the spec"),
     "mutants": (f"{_CMD}.mutants", "run the suite against the mutant zoo (kill matrix)"),
     "replay": (f"{_CMD}.replay", "replay a kvspec-trace file against a target"),
+    "show": (f"{_CMD}.show", "render a kvspec-trace file as one static HTML page"),
+    "fuzz": (f"{_CMD}.fuzz", "a long fuzzing campaign with HypoFuzz (the fuzz extra)"),
     "prove": (f"{_CMD}.prove", "bounded model checking and induction proofs with z3"),
     "bench": ("kvspec.benchmarks.cli", "benchmarks: queue, pool, store, upstream, check, prove"),
     "estimate": (f"{_CMD}.estimate", "KV memory with and without prefix caching"),

@@ -11,7 +11,12 @@ file and a pytest function.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from kvspec.conformance.engines.pipeline import CheckResult
 from kvspec.conformance.engines.settings import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES
@@ -71,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path(".kvspec") / "traces",
                         help="where failure traces and pytest functions are written")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--junit", type=Path, default=None, metavar="REPORT.xml",
+                        help="also write a JUnit XML report (one test case per level)")
+    parser.add_argument("--html", type=Path, default=None, metavar="OUT.html",
+                        help="on a failure, also draw its trace as a page (kvspec show); "
+                        "with --level all, one page per failing level, OUT-LEVEL.html")
 
 
 def _counts(counter: dict[str, int]) -> str:
@@ -148,9 +158,55 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     status = 0
+    cases = []
     for level in levels:
-        status = max(status, run_level(args, level))
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(_Tee(sys.stdout)) as out:
+            level_status = run_level(args, level)
+        cases.append((level, level_status, time.perf_counter() - start, out.text()))
+        status = max(status, level_status)
+    if args.junit is not None:
+        write_junit(args.junit, args.target, cases)
     return status
+
+
+class _Tee(io.StringIO):
+    """Prints through to ``stream`` and keeps a copy (the JUnit report's text)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+    def text(self) -> str:
+        return self.getvalue()
+
+
+def write_junit(path: Path, target: str, cases: list[tuple[str, int, float, str]]) -> None:
+    """A JUnit XML report: one test case per level, the printed report as its text."""
+    from xml.etree import ElementTree as ET
+
+    from kvspec.conformance.report import write_atomically
+
+    failures = sum(1 for _level, status, _s, _t in cases if status)
+    suite = ET.Element("testsuite", name="kvspec check", tests=str(len(cases)),
+                       failures=str(failures), errors="0",
+                       time=f"{sum(c[2] for c in cases):.3f}")
+    for level, status, seconds, text in cases:
+        case = ET.SubElement(suite, "testcase", classname=f"kvspec.{target}", name=level,
+                             time=f"{seconds:.3f}")
+        if status:
+            caught = next((line for line in text.splitlines()
+                           if line.startswith(("caught by:", "SPEC ERROR"))), "FAIL")
+            ET.SubElement(case, "failure", message=caught).text = text
+        else:
+            ET.SubElement(case, "system-out").text = text
+    root = ET.Element("testsuites")
+    root.append(suite)
+    write_atomically(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
 
 
 def run_level(args: argparse.Namespace, level: str) -> int:
@@ -194,4 +250,11 @@ def run_level(args: argparse.Namespace, level: str) -> int:
     trace_path, test_path = write_failure(result.failure, args.target, args.out)
     print(f"\ntrace:  {trace_path}   (kvspec replay {trace_path} --target {args.target})")
     print(f"pytest: {test_path}")
+    if args.html is not None:
+        from kvspec.conformance.show import write_html
+
+        page = args.html if args.level != "all" else args.html.with_name(
+            f"{args.html.stem}-{level}{args.html.suffix}")
+        write_html(result.failure.trace(), factory, page, target_name=args.target)
+        print(f"html:   {page}")
     return 1
