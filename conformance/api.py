@@ -41,7 +41,11 @@ from kvspec.conformance.engines.exhaustive import ExhaustiveResult, explore
 from kvspec.conformance.engines.minimize import minimize
 from kvspec.conformance.engines.pipeline import EXHAUSTIVE_MAX_DEPTH
 from kvspec.conformance.engines.randomized import make_machine
-from kvspec.conformance.engines.settings import SETTINGS_PROFILES, settings_profile
+from kvspec.conformance.engines.settings import (
+    SETTINGS_PROFILES,
+    database_digest,
+    settings_profile,
+)
 from kvspec.conformance.level import Level, Recorder, RunOptions
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.outcome import Divergence
@@ -59,11 +63,6 @@ def target_name(target: str | Callable[..., Any]) -> str:
     if isinstance(target, str):
         return target.strip()
     return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', target)}"
-
-
-def database_digest(level: str, target: str, profile: str, mode: str, bad_input: str) -> bytes:
-    """What makes one conformance machine's examples its own in a shared database."""
-    return f"kvspec:{level}:{target}:{profile}:{mode}:{bad_input}".encode()
 
 
 def conformance(

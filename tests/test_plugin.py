@@ -152,3 +152,21 @@ def test_without_a_target_the_plugin_adds_nothing(project):
     result = project.runpytest_inprocess("-v")
     result.assert_outcomes(passed=1)
     assert "kvspec::" not in result.stdout.str()
+
+
+def test_kvspec_check_replays_what_the_plugin_saved(pytester: pytest.Pytester) -> None:
+    """One example database for both: a failure the plugin saved is the first thing
+    kvspec check runs (same keys), found at its first example."""
+    db = pytester.path / "db"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "0", "--kvspec-target", "mutant:evict-pops-wrong-copy",
+        "--kvspec-level", "pool", "--kvspec-only", "--kvspec-db", str(db), "-k", "random")
+    result.assert_outcomes(failed=1)
+    from kvspec.conformance.engines.pipeline import run_check
+    from kvspec.conformance.mutants import MUTANTS
+
+    check = run_check(MUTANTS["evict-pops-wrong-copy"].factory,
+                      target_name="mutant:evict-pops-wrong-copy", level="pool",
+                      settings_name="ci", max_examples=1, database=db, progress=False,
+                      exhaustive=False)
+    assert check.failure is not None and check.examples_to_failure == 1

@@ -23,7 +23,12 @@ from typing import Any
 from kvspec.conformance.engines.exhaustive import ExhaustiveResult, explore
 from kvspec.conformance.engines.minimize import minimize
 from kvspec.conformance.engines.randomized import run_random
-from kvspec.conformance.engines.settings import DEFAULT_DB, SETTINGS_PROFILES, settings_profile
+from kvspec.conformance.engines.settings import (
+    DEFAULT_DB,
+    SETTINGS_PROFILES,
+    database_digest,
+    settings_profile,
+)
 from kvspec.conformance.level import Harness, Level, Recorder, RunOptions, RunStats
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.outcome import Divergence
@@ -156,7 +161,9 @@ def run_check(
                 steps=steps or effort.steps,
                 seed=seed,
                 database=database,
-                database_key=f"kvspec:{lv.name}:{target_name}:{profile}:{mode}:{device}:{dtype}",
+                database_digest=database_digest(
+                    lv.name, target_name if lv.name != "content" else
+                    f"{target_name}:{device}:{dtype}", profile, mode, bad_input),
                 on_example=on_example,
             )
             if failure is not None:

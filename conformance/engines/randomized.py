@@ -142,7 +142,7 @@ def run_random(
     steps: int,
     seed: int | None,
     database: Path | None,
-    database_key: str,
+    database_digest: bytes,
     on_example: Callable[[Harness], None] | None = None,
 ) -> tuple[Divergence | None, int | None]:
     """Run the machine; the first divergence found (unshrunk) and the example it took."""
@@ -155,13 +155,15 @@ def run_random(
         failures.append(failure)
 
     machine = make_machine(level, factory, options, recorder, on_failure, on_example)
+    # The database key is Hypothesis's digest of the machine plus ours, as in the pytest
+    # plugin (:func:`kvspec.conformance.engines.settings.database_digest`).
+    machine._hypothesis_internal_add_digest = database_digest  # type: ignore[attr-defined]
     test = get_state_machine_test(
         machine, settings=hypothesis_settings(max_examples=max_examples, steps=steps,
                                               database=database)
     )
     if seed is not None:
         test = hypothesis.seed(seed)(test)
-    test._hypothesis_internal_database_key = database_key.encode()  # type: ignore[attr-defined]
     try:
         test()
     except Divergence:

@@ -23,8 +23,10 @@ class Effort:
     """Time the exhaustive engine may spend per level (it stops at a completed depth)."""
 
 
+# Steps per example are at least Hypothesis's default (50), which the pytest plugin and
+# HypoFuzz campaigns use: a failure they save replays within kvspec check's cap too.
 SETTINGS_PROFILES: dict[str, Effort] = {
-    "dev": Effort(max_examples=150, steps=40, exhaustive_seconds=3.0),
+    "dev": Effort(max_examples=150, steps=50, exhaustive_seconds=3.0),
     "ci": Effort(max_examples=300, steps=50, exhaustive_seconds=5.0),
     "thorough": Effort(max_examples=3000, steps=80, exhaustive_seconds=20.0),
 }
@@ -38,3 +40,14 @@ def settings_profile(name: str | None) -> str:
         source = "" if name else f" (from ${SETTINGS_ENV})"
         raise ValueError(f"unknown settings profile {chosen!r}{source}; expected one of: {valid}")
     return chosen
+
+
+def database_digest(level: str, target: str, profile: str, mode: str, bad_input: str) -> bytes:
+    """What makes one conformance machine's examples its own in a shared example database.
+
+    Hypothesis keys a state machine's examples by a digest of the machine class plus this
+    (``_hypothesis_internal_add_digest``), so ``kvspec check``, the pytest plugin and a
+    HypoFuzz campaign over the same target, level, profile, mode and bad-input choice read
+    and write the same examples.
+    """
+    return f"kvspec:{level}:{target}:{profile}:{mode}:{bad_input}".encode()
