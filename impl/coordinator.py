@@ -373,20 +373,8 @@ class HybridKVCacheCoordinator:
             return None
 
         if admitting and (any(hits) or num_external_computed_tokens):
-            all_hits = [b for kept in kept_hits for b in kept]
-            if all_hits and self.enable_caching:
-                self.block_pool.touch(all_hits)
-            for group, kept, skipped in zip(self.groups, kept_hits, num_skipped, strict=True):
-                table = group.req_to_blocks.setdefault(req_id, [])
-                table.extend([self.block_pool.null_block] * skipped)
-                table.extend(kept)
-                group.num_cached_block[req_id] = len(table)
-            if num_external_computed_tokens:
-                for group in self.groups:
-                    table = group.req_to_blocks[req_id]
-                    n = cdiv(total_computed, group.block_size) - len(table)
-                    if n > 0:
-                        table.extend(self.block_pool.get_new_blocks(n))
+            self.allocate_new_computed_blocks(req_id, kept_hits, num_skipped, total_computed,
+                                              num_external_computed_tokens)
         new_blocks: list[list[KVCacheBlock]] = []
         for group in self.groups:
             table = group.req_to_blocks.setdefault(req_id, [])
@@ -398,6 +386,30 @@ class HybridKVCacheCoordinator:
         if self.enable_caching:
             self.cache_blocks(request, min(num_tokens_main, request.num_tokens))
         return tuple(new_blocks)
+
+    def allocate_new_computed_blocks(
+        self, request_id: str, hits: list[list[KVCacheBlock]], num_skipped: list[int],
+        total_computed_tokens: int, num_external_computed_tokens: int,
+    ) -> None:
+        """Admission in two phases: every group adopts its hits (one ``touch`` for all
+        groups, after the padding nulls of positions before the window), *then* every
+        group takes blocks for the external tokens. A hit at ref count 0 is still in the
+        free queue until it is touched, so a block popped before every hit is adopted
+        could be another group's hit, and would end up in two groups' tables."""
+        all_hits = [b for kept in hits for b in kept]
+        if all_hits and self.enable_caching:
+            self.block_pool.touch(all_hits)
+        for group, kept, skipped in zip(self.groups, hits, num_skipped, strict=True):
+            table = group.req_to_blocks.setdefault(request_id, [])
+            table.extend([self.block_pool.null_block] * skipped)
+            table.extend(kept)
+            group.num_cached_block[request_id] = len(table)
+        if num_external_computed_tokens:
+            for group in self.groups:
+                table = group.req_to_blocks[request_id]
+                n = cdiv(total_computed_tokens, group.block_size) - len(table)
+                if n > 0:
+                    table.extend(self.block_pool.get_new_blocks(n))
 
     def remove_skipped_blocks(self, request_id: str, total_computed_tokens: int) -> None:
         """Give back each sliding group's blocks wholly before the window of the next token.

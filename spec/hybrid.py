@@ -55,6 +55,7 @@ NEGATIVE_COUNT = "negative-count"
 HIT_SHAPE_MISMATCH = "hit-shape-mismatch"
 HITS_INTO_RUNNING_REQUEST = "hits-into-running-request"
 STALE_HIT = "stale-hit"
+HIT_BEYOND_CAP = "hit-beyond-cap"
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,9 @@ def _check_allocate(
                       f"{op}: hits {hits} are not {num_new_computed_tokens} tokens per group")
     if num_new_computed_tokens and (rid in m.running or request.num_computed_tokens):
         raise Refused(HITS_INTO_RUNNING_REQUEST, f"{op}: hits only at admission")
+    if num_new_computed_tokens > max(request.num_tokens - 1, 0):
+        raise Refused(HIT_BEYOND_CAP, f"{op}: {num_new_computed_tokens} hit tokens for "
+                      f"{request.num_tokens} tokens; the last token is always computed")
     for gid, h in enumerate(hits):
         keys = group_keys(m, request, gid)
         for i, b in enumerate(h):

@@ -55,7 +55,7 @@ CHANGES_MANAGER = frozenset({"allocate_slots", "free", "preempt", "reset_prefix_
 #: Pool invariants this level checks (see the module docstring for the two it leaves).
 POOL_INVARIANTS = tuple(n for n in INVARIANTS if n not in ("eviction-order",
                                                              "no-double-allocation"))
-UNTRUSTED = frozenset({sh.STALE_HIT})
+UNTRUSTED = frozenset({sh.STALE_HIT, sh.HIT_BEYOND_CAP})
 
 
 @dataclass(frozen=True)
