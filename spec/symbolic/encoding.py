@@ -42,6 +42,15 @@ from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
 Expr = z3.ExprRef
 
 
+def raise_if_interrupted(solver: z3.Solver) -> None:
+    """z3 answers "unknown" when Ctrl-C reaches it inside a query (it catches the signal
+    itself); turn that back into the ``KeyboardInterrupt`` it was, so that no caller
+    mistakes an interrupted search for a finished one."""
+    reason = solver.reason_unknown()
+    if "cancel" in reason or "interrupt" in reason:
+        raise KeyboardInterrupt(reason)
+
+
 def _sel(values: list[Expr], index: Expr, default: Expr | None = None) -> Expr:
     """``values[index]`` for a symbolic index, as an ``If`` chain."""
     out = values[-1] if default is None else default
