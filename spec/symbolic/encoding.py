@@ -42,6 +42,19 @@ from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
 Expr = z3.ExprRef
 
 
+def _number(v: Expr) -> int:
+    return v.as_signed_long() if z3.is_bv_value(v) else v.as_long()
+
+
+def raise_if_interrupted(solver: z3.Solver) -> None:
+    """z3 answers "unknown" when Ctrl-C reaches it inside a query (it catches the signal
+    itself); turn that back into the ``KeyboardInterrupt`` it was, so that no caller
+    mistakes an interrupted search for a finished one."""
+    reason = solver.reason_unknown()
+    if "cancel" in reason or "interrupt" in reason:
+        raise KeyboardInterrupt(reason)
+
+
 def _sel(values: list[Expr], index: Expr, default: Expr | None = None) -> Expr:
     """``values[index]`` for a symbolic index, as an ``If`` chain."""
     out = values[-1] if default is None else default
@@ -290,13 +303,21 @@ class _Ops:
 
     def _free(self, e: _Effect, counts: list[Expr], position: list[Expr]) -> Expr:
         """``free_blocks`` of a batch given as per-block counts and the batch position at
-        which each block would reach 0 (smaller = earlier). Returns the spec's guard."""
+        which each block would reach 0 (smaller = earlier). Returns the spec's guard.
+
+        A block whose count is the constant 0 is not in the batch: its count, queue
+        membership and order among unfreed blocks stay as they are, and no term is built
+        for them (a stray free lists one block; building all N^2 order terms for each of
+        the N stray frees dominated the construction of the relation)."""
         s, n = self.s, self.n
-        guard = z3.And([s.ref[b] - counts[b] >= 0 for b in range(1, n)])
+        listed = [not (z3.is_bv_value(c) or z3.is_int_value(c)) or _number(c) != 0
+                  for c in counts]
+        guard = z3.And([s.ref[b] - counts[b] >= 0 for b in range(1, n) if listed[b]])
         trusting = None
         if self.m == "free-of-ref0-goes-negative":
             # Any non-null block at <= 0: decrement all non-null blocks, queue nothing.
-            trusting = z3.Or([z3.And(counts[b] > 0, s.ref[b] <= 0) for b in range(1, n)])
+            trusting = z3.Or([z3.And(counts[b] > 0, s.ref[b] <= 0)
+                              for b in range(1, n) if listed[b]])
             guard = z3.Or(trusting, guard)
         newly: list[Expr] = [z3.BoolVal(False)] * n
         appended: list[Expr] = [z3.BoolVal(False)] * n
@@ -306,6 +327,8 @@ class _Ops:
                 if trusting is not None and self.counts_null:
                     new_ref = z3.If(trusting, s.ref[0], new_ref)
                 e.updates["ref[0]"] = new_ref
+                continue
+            if not listed[b]:
                 continue
             new_ref = s.ref[b] - counts[b]
             reaches_zero = z3.And(counts[b] > 0, new_ref == 0)
@@ -318,19 +341,25 @@ class _Ops:
             e.updates[f"inq[{b}]"] = z3.Or(s.inq[b], reaches_zero)
         # New order: prepended blocks, then the old queue, then appended blocks; inside
         # each part, batch order.
-        for a in range(n):
-            for b in range(n):
-                if a == b:
+        for a in range(n):  # one variable per pair a < b (see SymState._relation)
+            for b in range(a + 1, n):
+                if not (listed[a] or listed[b]):
                     continue
                 prepended_a = z3.And(newly[a], z3.Not(appended[a]))
-                both = z3.If(
-                    appended[a] == appended[b], position[a] < position[b], prepended_a
-                )
-                e.updates[f"ahead[{a}][{b}]"] = z3.If(
-                    z3.And(newly[a], newly[b]), both,
-                    z3.If(newly[a], prepended_a,
-                          z3.If(newly[b], appended[b], s.ahead[a][b])),
-                )
+                if not listed[b]:
+                    value = z3.If(newly[a], prepended_a, s.ahead[a][b])
+                elif not listed[a]:
+                    value = z3.If(newly[b], appended[b], s.ahead[a][b])
+                else:
+                    both = z3.If(
+                        appended[a] == appended[b], position[a] < position[b], prepended_a
+                    )
+                    value = z3.If(
+                        z3.And(newly[a], newly[b]), both,
+                        z3.If(newly[a], prepended_a,
+                              z3.If(newly[b], appended[b], s.ahead[a][b])),
+                    )
+                e.updates[f"ahead[{a}][{b}]"] = value
         if self.m == "null-returned-to-queue":
             joins = z3.And(counts[0] > 0, z3.Not(s.inq[0]))
             e.updates["inq[0]"] = z3.Or(s.inq[0], joins)
@@ -370,12 +399,12 @@ class _Ops:
             if self.m == "collapse-duplicate-hash":
                 other = z3.If(s.idx[b] == h, 0, s.idx[b])
             e.updates[f"idx[{b}]"] = z3.If(is_x, h, other)
-        for a in range(self.n):  # x becomes the newest index entry
-            for b in range(self.n):
-                if a != b:
-                    e.updates[f"older[{a}][{b}]"] = z3.If(
-                        x == b, z3.BoolVal(True), z3.If(x == a, z3.BoolVal(False), s.older[a][b])
-                    )
+        is_x = [x == b for b in range(self.n)]
+        for a in range(self.n):  # x becomes the newest index entry (one variable per a < b)
+            for b in range(a + 1, self.n):
+                e.updates[f"older[{a}][{b}]"] = z3.Or(
+                    is_x[b], z3.And(z3.Not(is_x[a]), s.older[a][b])
+                )
         e.updates[f"nc[{q}]"] = s.nc[q] + 1
         e.updates[f"last[{q}]"] = s.const(h)
         return e

@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvspec.spec import pool as spec_pool
 from kvspec.spec.errors import Refused
 from kvspec.spec.invariants import check_all, snapshot
-from kvspec.spec.pool import NULL_BLOCK, PoolState, get_cached_block, init_pool
+from kvspec.spec.pool import NULL_BLOCK, PoolState
 from kvspec.spec.symbolic.model import OP_MEANING, REQUEST_INVARIANTS, ModelConfig, Op, all_ops
 from kvspec.spec.symbolic.twins import SPEC, PoolSemantics
 
@@ -53,7 +54,7 @@ class StepResult:
 def initial_world(cfg: ModelConfig) -> World:
     r = cfg.num_requests
     return World(
-        pool=init_pool(cfg.num_blocks, profile=cfg.profile),
+        pool=spec_pool.init_pool(cfg.num_blocks, profile=cfg.profile),
         tables=((),) * r,
         ncached=(0,) * r,
         rlast=(0,) * r,
@@ -119,7 +120,7 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
             for h in cfg.chain(op.arg):
                 hb = cfg.hash_bytes(h)
                 calls.append(("get_cached_block", {"block_hash": hb}))
-                b = get_cached_block(s, hb)
+                b = spec_pool.get_cached_block(s, hb)
                 if b is None:
                     return None
                 hits.append(b)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from kvspec.spec.invariants import INVARIANTS
 from kvspec.spec.profiles import CURRENT, Profile
 
 
@@ -151,3 +152,38 @@ REQUEST_INVARIANTS: dict[str, str] = {
         "a table's cached prefix holds non-null blocks hashed with its chain (I8, I14)"
     ),
 }
+
+
+#: What the machines do (``kvspec check``'s pool harness and exhaustive vocabulary) that
+#: this model leaves out, and why; ``kvspec prove`` prints it above every proof.
+NOT_MODELLED: dict[str, str] = {
+    "fork of a block other than a table's last": (
+        "copy-on-write of the block the next token goes into is part of the chain "
+        "discipline eviction-order assumes; the machines fork any block and waive "
+        "eviction-order once a sequence leaves the discipline"
+    ),
+    "hits into a table that already holds blocks, or of part of a chain": (
+        "a request adopts hits once, into an empty table (the manager refuses the rest); "
+        "the machines' raw touch of any block is not modelled"
+    ),
+    "sharing a table's uncached blocks (touch of unhashed blocks)": (
+        "not modelled: the auxiliary fact shared-blocks-hashed rests on it"
+    ),
+    "get_new_blocks(n) for n > 1": (
+        "one block per step: n steps reach the same pool state, but a batch's hand-out "
+        "is judged block by block"
+    ),
+    "free_blocks of part of a table, or of two tables in one call": "not modelled",
+    "enable_caching=False": "not modelled (every instance has caching on)",
+    "bad input other than a double free and out-of-table frees": (
+        "a refusal changes nothing; the machines check that, the model does not"
+    ),
+    "evict_blocks": "not an operation of the spec's pool protocol",
+}
+
+#: The invariants whose statement assumes the callers' discipline (``assumes`` in
+#: :data:`kvspec.spec.invariants.INVARIANTS`): proved only for sequences that keep it,
+#: which every modelled operation does; the machines check them in the same scope.
+DISCIPLINED: frozenset[str] = frozenset(
+    name for name, inv in INVARIANTS.items() if inv.assumes is not None
+)
