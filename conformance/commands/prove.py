@@ -29,6 +29,13 @@ DEFAULT_OUT = Path(".kvspec/traces")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", choices=("pool", "manager"), default="pool",
+                        help="pool: the pool invariants over request operations (default); "
+                             "manager: hit-cap and table-covers-computed over tokens")
+    parser.add_argument("--block-size", type=int, default=2, metavar="B",
+                        help="tokens per block, manager level (default 2)")
+    parser.add_argument("--max-tokens", type=int, default=4, metavar="T",
+                        help="most tokens a request holds, manager level (default 4)")
     parser.add_argument("--blocks", type=int, default=4, metavar="N",
                         help="pool size N, the null block included (default 4)")
     parser.add_argument("--requests", type=int, default=2, metavar="R",
@@ -159,6 +166,11 @@ def _run(args: argparse.Namespace) -> int:
     from kvspec.spec.symbolic.twins import MUTANTS, get_mutant
 
     _PROGRESS.clear()
+    if args.level == "manager":
+        from kvspec.conformance.commands import prove_manager
+
+        _PROGRESS["where"] = "the manager-level proof"
+        return prove_manager.run(args)
     if args.list_mutants:
         width = max(len(n) for n in MUTANTS)
         for m in MUTANTS.values():
