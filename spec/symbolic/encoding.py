@@ -385,6 +385,50 @@ class _Ops:
         self._append_to_table(e, q, y)
         return e
 
+    def allocate2(self, q: int) -> _Effect:
+        """``get_new_blocks(2)``: the two queued blocks nearest the front, front first."""
+        s, n = self.s, self.n
+        rank = [s.count([z3.And(s.inq[c], s.ahead[c][b]) for c in range(n) if c != b])
+                for b in range(n)]
+        first = [z3.And(s.inq[b], rank[b] == 0) for b in range(n)]
+        second = [z3.And(s.inq[b], rank[b] == 1) for b in range(n)]
+        # Exactly one block at each of the two ranks: true of every queue the spec
+        # builds; an order with a cycle (which no reachable state has) disables the pop,
+        # as it disables allocate's.
+        e = _Effect(z3.And(s.len[q] + 2 <= self.cfg.table_len, s.num_free >= 2,
+                           s.count(first) == 1, s.count(second) == 1))
+        for b in range(n):
+            popped = z3.Or(first[b], second[b])
+            e.updates[f"inq[{b}]"] = z3.And(s.inq[b], z3.Not(popped))
+            e.updates[f"ref[{b}]"] = z3.If(popped, 1, s.ref[b])
+            e.updates[f"handed[{b}]"] = popped
+            if self.m not in ("stale-hash-on-reuse", "hash-cleared-after-ref-set"):
+                evict = z3.And(popped, s.hash[b] != 0, s.idx[b] == s.hash[b])
+                e.updates[f"hash[{b}]"] = z3.If(evict, 0, s.hash[b])
+                e.updates[f"idx[{b}]"] = z3.If(evict, 0, s.idx[b])
+        y1, y2 = block_id(s, first), block_id(s, second)
+        for j in range(self.cfg.table_len):
+            e.updates[f"tbl[{q}][{j}]"] = z3.If(
+                s.len[q] == j, y1, z3.If(s.len[q] + 1 == j, y2, s.tbl[q][j]))
+        e.updates[f"len[{q}]"] = s.len[q] + 2
+        return e
+
+    def free_tail(self, q: int) -> _Effect:
+        """``free_blocks([last block])``; the table drops it, and its cached prefix too
+        when the block was in it."""
+        s = self.s
+        x = _sel(s.tbl[q], s.len[q] - 1)
+        counts = [z3.If(x == b, s.const(1), s.const(0)) for b in range(self.n)]
+        position = [s.const(0) for _ in range(self.n)]
+        e = _Effect(z3.BoolVal(True))
+        guard = self._free(e, counts, position)
+        e.guard = z3.And(s.len[q] >= 1, guard)
+        e.updates[f"len[{q}]"] = s.len[q] - 1
+        uncache = s.nc[q] == s.len[q]
+        e.updates[f"nc[{q}]"] = z3.If(uncache, s.nc[q] - 1, s.nc[q])
+        e.updates[f"last[{q}]"] = z3.If(uncache, parent_term(s, s.last[q]), s.last[q])
+        return e
+
     def cache(self, q: int, h: int) -> _Effect:
         s = self.s
         x = _sel(s.tbl[q], s.nc[q])
@@ -517,7 +561,7 @@ class _Ops:
         return e
 
     def effect(self, op: Op) -> _Effect:
-        if op.kind in ("allocate", "free", "fork", "pad"):
+        if op.kind in ("allocate", "allocate2", "free", "free_tail", "fork", "pad"):
             return getattr(self, op.kind)(op.req)
         if op.kind in ("cache", "hit"):
             return getattr(self, op.kind)(op.req, op.arg)

@@ -54,7 +54,8 @@ class StepResult:
 def initial_world(cfg: ModelConfig) -> World:
     r = cfg.num_requests
     return World(
-        pool=spec_pool.init_pool(cfg.num_blocks, profile=cfg.profile),
+        pool=spec_pool.init_pool(cfg.num_blocks, profile=cfg.profile,
+                                  enable_caching=cfg.enable_caching),
         tables=((),) * r,
         ncached=(0,) * r,
         rlast=(0,) * r,
@@ -102,6 +103,24 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
             (b,) = sem.get_new_blocks(s, 1)
             allocated = {b: before[b]}
             tables[r].append(b)
+        elif op.kind == "allocate2":
+            if len(tables[r]) + 2 > limit:
+                return None
+            before = list(s.ref_cnt)
+            calls.append(("get_new_blocks", {"num_blocks": 2}))
+            got = sem.get_new_blocks(s, 2)
+            allocated = {b: before[b] for b in got}
+            tables[r].extend(got)
+        elif op.kind == "free_tail":
+            if not tables[r]:
+                return None
+            x = tables[r][-1]
+            calls.append(("free_blocks", {"block_ids": [x]}))
+            sem.free_blocks(s, [x])
+            tables[r].pop()
+            if nc[r] > len(tables[r]):
+                nc[r] -= 1
+                rl[r] = cfg.parent(rl[r])
         elif op.kind == "cache":
             c = nc[r]
             if c >= len(tables[r]) or cfg.parent(op.arg) != rl[r]:

@@ -37,6 +37,7 @@ class ModelConfig:
     table_len: int = 3
     num_hashes: int = 3
     profile: Profile = CURRENT
+    enable_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.num_blocks < 2:
@@ -90,6 +91,7 @@ class ModelConfig:
             f"N={self.num_blocks} blocks (block 0 null), R={self.num_requests} requests, "
             f"L={self.table_len} table slots, H={self.num_hashes} hashes, "
             f"profile {self.profile.name}"
+            + ("" if self.enable_caching else ", caching off")
         )
 
 
@@ -113,6 +115,8 @@ class Op(NamedTuple):
 #: What each operation does, in pool calls (documentation, shown by ``kvspec prove``).
 OP_MEANING: dict[str, str] = {
     "allocate": "get_new_blocks(1); append the block to the request's table",
+    "allocate2": "get_new_blocks(2); append both blocks, in the order handed out",
+    "free_tail": "free_blocks([last block]); the table drops it (a block it did not use)",
     "cache": "cache_block(next uncached block, h, parent) where parent(h) = the last cached hash",
     "hit": "get_cached_block per hash of h's chain, then touch them, into an empty table",
     "free": "free_blocks(table reversed); the table empties",
@@ -126,14 +130,19 @@ OP_MEANING: dict[str, str] = {
 def all_ops(cfg: ModelConfig) -> list[Op]:
     """Every operation instance, simplest first (so the first model found reads simply)."""
     ops: list[Op] = []
+    caching = cfg.enable_caching
     for r in range(cfg.num_requests):
         ops.append(Op("allocate", r))
     for r in range(cfg.num_requests):
-        ops.extend(Op("cache", r, h) for h in cfg.hashes)
+        ops.extend(Op("cache", r, h) for h in cfg.hashes if caching)
     for r in range(cfg.num_requests):
         ops.append(Op("free", r))
     for r in range(cfg.num_requests):
-        ops.extend(Op("hit", r, h) for h in cfg.hashes if cfg.depth(h) <= cfg.table_len)
+        ops.extend(Op("hit", r, h) for h in cfg.hashes
+                   if caching and cfg.depth(h) <= cfg.table_len)
+    if cfg.table_len >= 2:
+        ops.extend(Op("allocate2", r) for r in range(cfg.num_requests))
+    ops.extend(Op("free_tail", r) for r in range(cfg.num_requests))
     for r in range(cfg.num_requests):
         ops.append(Op("fork", r))
     for r in range(cfg.num_requests):
@@ -169,12 +178,10 @@ NOT_MODELLED: dict[str, str] = {
     "sharing a table's uncached blocks (touch of unhashed blocks)": (
         "not modelled: the auxiliary fact shared-blocks-hashed rests on it"
     ),
-    "get_new_blocks(n) for n > 1": (
-        "one block per step: n steps reach the same pool state, but a batch's hand-out "
-        "is judged block by block"
+    "get_new_blocks(n) for n > 2": "n = 1 and n = 2 are modelled (allocate, allocate2)",
+    "free_blocks of a table's middle, or of two tables in one call": (
+        "a whole table (free) and its last block (free_tail) are modelled"
     ),
-    "free_blocks of part of a table, or of two tables in one call": "not modelled",
-    "enable_caching=False": "not modelled (every instance has caching on)",
     "bad input other than a double free and out-of-table frees": (
         "a refusal changes nothing; the machines check that, the model does not"
     ),
