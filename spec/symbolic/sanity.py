@@ -73,6 +73,9 @@ PATHS: dict[str, str] = {
     "free-shared": "free_blocks of blocks still held elsewhere: nothing is queued",
     "fork-exclusive": "fork_block of a block held once: the same block back",
     "fork-copy": "fork_block of a shared block: a new block replaces it",
+    "fork-middle-exclusive": "fork_block of a block held once, before a table's last slot",
+    "fork-middle-copy": "fork_block of a shared block before a table's last slot: the "
+                        "sequence leaves the chain discipline",
     "pad": "touch of the null block",
     "reset": "reset_prefix_cache drops every hash",
     "reset-refused": "reset_prefix_cache refused while a block is held",
@@ -98,6 +101,9 @@ def path_of(w: World, op: Op, res: StepResult) -> str:
     if op.kind == "fork":
         copied = after.tables[op.req][-1] != w.tables[op.req][-1]
         return "fork-copy" if copied else "fork-exclusive"
+    if op.kind == "fork_at":
+        copied = after.tables[op.req][op.arg] != w.tables[op.req][op.arg]
+        return "fork-middle-copy" if copied else "fork-middle-exclusive"
     if op.kind == "reset":
         held = any(w.pool.ref_cnt[b] > 0 for b in range(1, w.pool.num_blocks))
         return "reset-refused" if held else "reset"
@@ -113,7 +119,8 @@ def path_of(w: World, op: Op, res: StepResult) -> str:
 #: The operation kind each path belongs to.
 PATH_KIND: dict[str, str] = {
     p: ("allocate2" if p == "allocate-two" else "free_tail" if p == "free-tail"
-        else "stray_free" if p == "stray-free" else p.split("-")[0])
+        else "stray_free" if p == "stray-free" else "fork_at" if p.startswith("fork-middle")
+        else p.split("-")[0])
     for p in PATHS
 }
 
@@ -158,9 +165,12 @@ class SanityReport:
         return out
 
 
-_EQ = re.compile(r"\(= \|([^|@]+)@post\| (#x[0-9a-f]+|#b[01]+|\d+|\(- \d+\))\)")
-_NOT = re.compile(r"\(not \|([^|@]+)@post\|\)")
-_BARE = re.compile(r"\|([^|@]+)@post\|")
+# A post-state variable as z3 prints it: ``|ref[1]@post|``, or bare when the name needs
+# no quoting (``disc@post``).
+_NAME = r"\|?([^|@\s()]+)@post\|?"
+_EQ = re.compile(r"\(= " + _NAME + r" (#x[0-9a-f]+|#b[01]+|\d+|\(- \d+\))\)")
+_NOT = re.compile(r"\(not " + _NAME + r"\)")
+_BARE = re.compile(_NAME)
 
 
 def _number(raw: str) -> int:
