@@ -405,3 +405,121 @@ def run_ops(
         worlds.append(res.world)
         calls.append(res.calls)
     return worlds, calls
+
+
+# --------------------------------------------------------------------------- symmetry
+
+
+def _hash_maps(cfg: ModelConfig) -> list[dict[int, int]]:
+    """The renamings of hashes that keep the hash tree (and so every operation) intact:
+    swapping two sibling hashes whose subtrees have the same shape, in any combination."""
+
+    def shape(h: int, depth: int) -> tuple:
+        if h > cfg.num_hashes or depth > cfg.table_len:
+            return ()
+        return (shape(2 * h, depth + 1), shape(2 * h + 1, depth + 1))
+
+    def subtree(h: int) -> list[int]:
+        return [] if h > cfg.num_hashes else [h, *subtree(2 * h), *subtree(2 * h + 1)]
+
+    maps: list[dict[int, int]] = [{h: h for h in range(cfg.num_hashes + 1)}]
+    for h in cfg.hashes:
+        sib = h + 1
+        if h % 2 or sib > cfg.num_hashes or cfg.depth(h) > cfg.table_len:
+            continue
+        if shape(h, cfg.depth(h)) != shape(sib, cfg.depth(h)):
+            continue
+        # The subtrees of h and sib are listed in the same (preorder) shape: pair them up.
+        swap = dict(zip(subtree(h), subtree(sib), strict=True))
+        swap.update({v: k for k, v in swap.items()})
+        maps += [{k: swap.get(v, v) for k, v in m.items()} for m in maps]
+    return maps
+
+
+def canonical_key(cfg: ModelConfig, w: World, hash_maps: list[dict[int, int]] | None = None
+                  ) -> tuple:
+    """A key equal for two worlds that differ only by a renaming of blocks, requests or
+    interchangeable hashes. No operation tells such worlds apart (blocks are handed out by
+    queue position, never by id; requests and sibling hashes are offered alike), so the
+    breadth-first search may keep one of each class: what one reaches, the others reach
+    renamed, breaking the same invariants at the same depth."""
+    from itertools import permutations
+
+    maps = hash_maps or _hash_maps(cfg)
+    p = w.pool
+    best: tuple | None = None
+    for perm in permutations(range(cfg.num_requests)):
+        tables = [w.tables[q] for q in perm]
+        order: dict[int, int] = {0: 0}
+        for b in [b for t in tables for b in t] + list(p.free_queue) + list(range(cfg.num_blocks)):
+            order.setdefault(b, len(order))
+        inverse = sorted(order, key=order.__getitem__)
+        for hm in maps:
+            hashes = [hm[cfg.hash_of_bytes(p.block_hash[b])] for b in inverse]
+            index = sorted((hm[cfg.hash_of_bytes(h)], tuple(order[b] for b in bs))
+                           for h, bs in p.cached.items())
+            key = (
+                tuple(p.ref_cnt[b] for b in inverse), tuple(hashes),
+                tuple(order[b] for b in p.free_queue), tuple(index),
+                tuple(tuple(order[b] for b in t) for t in tables),
+                tuple(w.ncached[q] for q in perm), tuple(hm[w.rlast[q]] for q in perm),
+                tuple(sorted((order[b], c) for b, c in w.allocated)), w.disciplined,
+            )
+            if best is None or key < best:
+                best = key
+    assert best is not None
+    return best
+
+
+@dataclass
+class SearchReport:
+    """What a breadth-first search covered: ``depth`` levels fully explored, ``worlds``
+    classes of worlds seen, ``complete`` when no new world was left (every reachable
+    world, up to renaming, was checked), and the first broken invariants if any."""
+
+    depth: int = -1
+    worlds: int = 0
+    complete: bool = False
+    broken: dict[str, list[str]] = field(default_factory=dict)
+    broken_at: int = -1
+
+
+def search(cfg: ModelConfig, max_depth: int, sem: PoolSemantics = SPEC, *,
+           symmetry: bool = True, deadline: float | None = None) -> SearchReport:
+    """Breadth-first over the executable model, checking every invariant on every world,
+    with symmetry reduction (:func:`canonical_key`) unless ``symmetry`` is off."""
+    import time
+
+    maps = _hash_maps(cfg)
+
+    def key(w: World) -> tuple:
+        return canonical_key(cfg, w, maps) if symmetry else w.key()
+
+    w0 = initial_world(cfg)
+    frontier = [w0]
+    seen = {key(w0)}
+    report = SearchReport(worlds=1)
+    for depth in range(max_depth + 1):
+        for w in frontier:
+            found = check_world(cfg, w, sem)
+            if found:
+                report.broken, report.broken_at = found, depth
+                return report
+        report.depth = depth
+        if depth == max_depth:
+            break
+        nxt: list[World] = []
+        for w in frontier:
+            if deadline is not None and time.monotonic() > deadline:
+                return report
+            for _op, res in successors(cfg, w, sem):
+                k = key(res.world)
+                if k not in seen:
+                    seen.add(k)
+                    nxt.append(res.world)
+        report.worlds = len(seen)
+        if not nxt:
+            report.complete = True
+            return report
+        frontier = nxt
+    return report
