@@ -8,9 +8,18 @@ import sys
 import time
 
 from kvspec.conformance.cli import main as kvspec
-from kvspec.spec.invariants import INVARIANTS
+from kvspec.spec.invariants import INVARIANTS, snapshot
 from kvspec.spec.symbolic.bmc import all_invariant_names
-from kvspec.spec.symbolic.model import DISCIPLINED, NOT_MODELLED, REQUEST_INVARIANTS, ModelConfig
+from kvspec.spec.symbolic.concrete import admits_exactly
+from kvspec.spec.symbolic.explicit import check_world, run_ops
+from kvspec.spec.symbolic.model import (
+    DISCIPLINED,
+    NOT_MODELLED,
+    REQUEST_INVARIANTS,
+    ModelConfig,
+    Op,
+    all_ops,
+)
 
 
 def test_the_model_proves_the_machines_invariants_scoped_as_the_machines_scope_them():
@@ -60,3 +69,20 @@ def test_an_interrupt_prints_the_depth_reached_and_exits_130(tmp_path):
     assert proc.wait(timeout=60) == 130
     assert "kvspec prove: interrupted at depth " in rest
     assert "holds to depth" not in rest
+
+
+def test_a_middle_fork_leaves_the_discipline_and_eviction_order_is_then_not_claimed():
+    """The sequence by which the pool machine once "refuted" eviction-order: a copy-on-write
+    fork of a shared block that is not a table's last. The model has it; the statement
+    breaks on the spec's state, which is outside the scope the invariant assumes, and the
+    model stops claiming it there, as the machines waive it."""
+    cfg = ModelConfig(num_blocks=4)
+    ops = [Op("allocate2", 0), Op("cache", 0, 1), Op("cache", 0, 2), Op("hit", 1, 2),
+           Op("fork_at", 1, 0), Op("free", 0), Op("free", 1)]
+    worlds, _calls = run_ops(cfg, ops)
+    last = worlds[-1]
+    assert INVARIANTS["eviction-order"].check(snapshot(last.pool))
+    assert not last.disciplined and worlds[4].disciplined
+    assert check_world(cfg, last) == {}
+    for w, op in zip(worlds, ops, strict=False):
+        assert admits_exactly(cfg, w, all_ops(cfg).index(op)) is None

@@ -38,7 +38,7 @@ def test_the_unpatched_model_passes_every_check_and_every_path_fires():
     report = sanity_check(ModelConfig(num_blocks=4))
     assert report.ok, report.failures
     assert set(report.fired) == set(PATHS)
-    assert report.fired["fork-copy"] == 3 and report.fired["allocate-evicting"] == 5
+    assert report.fired["fork-copy"] == 3 and report.fired["allocate-evicting"] == 4
 
 
 def test_false_in_the_initial_state_is_caught_by_initial_state(capsys, tmp_path, monkeypatch):

@@ -31,8 +31,8 @@ def test_prove_a_mutant_prints_numbered_steps_and_writes_a_trace(capsys, tmp_pat
                    "--invariant", "eviction-order", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "counterexample of length 5" in out
-    assert "  5. free(r0)" in out
+    assert "counterexample of length 4" in out
+    assert "  1. allocate2(r0)" in out and "  4. free(r0)" in out
     path = tmp_path / "prove-forward-free-current-eviction-order.json"
     trace = Trace.load(path)
     assert trace.steps[-1].op == "free_blocks"

@@ -29,6 +29,13 @@ DEFAULT_OUT = Path(".kvspec/traces")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", choices=("pool", "manager"), default="pool",
+                        help="pool: the pool invariants over request operations (default); "
+                             "manager: hit-cap and table-covers-computed over tokens")
+    parser.add_argument("--block-size", type=int, default=2, metavar="B",
+                        help="tokens per block, manager level (default 2)")
+    parser.add_argument("--max-tokens", type=int, default=4, metavar="T",
+                        help="most tokens a request holds, manager level (default 4)")
     parser.add_argument("--blocks", type=int, default=4, metavar="N",
                         help="pool size N, the null block included (default 4)")
     parser.add_argument("--requests", type=int, default=2, metavar="R",
@@ -37,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest block table (default 3)")
     parser.add_argument("--hashes", type=int, default=3, metavar="H",
                         help="number of content hashes, a heap-numbered tree (default 3)")
+    parser.add_argument("--no-caching", action="store_true",
+                        help="the pool with prefix caching off (enable_caching=False)")
     parser.add_argument("--depth", type=int, default=8, metavar="K",
                         help="deepest bounded model checking depth (default 8)")
     parser.add_argument("--invariant", action="append", metavar="NAME",
@@ -80,7 +89,7 @@ def counterexample_trace(cfg: ModelConfig, cex: Counterexample, mutant: str | No
         level="pool",
         config={
             "num_blocks": cfg.num_blocks,
-            "enable_caching": True,
+            "enable_caching": cfg.enable_caching,
             "profile": cfg.profile.name,
         },
         steps=steps,
@@ -128,7 +137,8 @@ def _qualifier(cfg: ModelConfig, width: int, name: str) -> str:
     from kvspec.spec.symbolic.model import DISCIPLINED
 
     where = (f"N={cfg.num_blocks}, R={cfg.num_requests}, L={cfg.table_len}, "
-             f"H={cfg.num_hashes} ({width}-bit)")
+             f"H={cfg.num_hashes} ({width}-bit)"
+             + ("" if cfg.enable_caching else ", caching off"))
     scope = ", under the chain discipline" if name in DISCIPLINED else ""
     return f"for {where}{scope}, model cross-checked against spec"
 
@@ -159,6 +169,11 @@ def _run(args: argparse.Namespace) -> int:
     from kvspec.spec.symbolic.twins import MUTANTS, get_mutant
 
     _PROGRESS.clear()
+    if args.level == "manager":
+        from kvspec.conformance.commands import prove_manager
+
+        _PROGRESS["where"] = "the manager-level proof"
+        return prove_manager.run(args)
     if args.list_mutants:
         width = max(len(n) for n in MUTANTS)
         for m in MUTANTS.values():
@@ -170,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         profile = get_profile(args.profile or (mutant.profile if mutant else None) or "current")
         cfg = ModelConfig(
             num_blocks=args.blocks, num_requests=args.requests, table_len=args.table_len,
-            num_hashes=args.hashes, profile=profile,
+            num_hashes=args.hashes, profile=profile, enable_caching=not args.no_caching,
         )
         if args.depth < 0:
             raise ValueError(f"--depth must be at least 0, got {args.depth}")

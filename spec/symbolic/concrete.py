@@ -74,6 +74,8 @@ def world_values(cfg: ModelConfig, w: World) -> tuple[dict[str, int | bool], set
             values[f"tbl[{q}][{j}]"] = table[j] if j < len(table) else 0
             if j < len(table):
                 seen.add(f"tbl[{q}][{j}]")
+    values["disc"] = w.disciplined
+    seen.add("disc")
     return values, seen
 
 
@@ -105,6 +107,7 @@ def fix_state(s: SymState, w: World) -> list[z3.ExprRef]:
         out += [s.len[q] == len(table), s.nc[q] == w.ncached[q], s.last[q] == w.rlast[q]]
         for j in range(cfg.table_len):
             out.append(s.tbl[q][j] == (table[j] if j < len(table) else 0))
+    out.append(s.disc == w.disciplined)
     return out
 
 
@@ -134,6 +137,7 @@ def observably_equal(s: SymState, w: World) -> z3.ExprRef:
     for q, table in enumerate(w.tables):
         eq += [s.len[q] == len(table), s.nc[q] == w.ncached[q], s.last[q] == w.rlast[q]]
         eq += [s.tbl[q][j] == b for j, b in enumerate(table)]
+    eq.append(s.disc == w.disciplined)
     return z3.And(eq)
 
 

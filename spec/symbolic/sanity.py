@@ -63,6 +63,8 @@ CHECKS: dict[str, str] = {
 PATHS: dict[str, str] = {
     "allocate": "get_new_blocks(1) pops an unhashed block",
     "allocate-evicting": "get_new_blocks(1) pops a cached block and evicts its hash",
+    "allocate-two": "get_new_blocks(2) pops the two blocks nearest the front",
+    "free-tail": "free_blocks of a table's last block",
     "cache": "cache_block under a hash no block holds",
     "cache-duplicate": "cache_block under a hash another block already holds",
     "hit-held": "a hit on blocks other requests hold",
@@ -71,6 +73,9 @@ PATHS: dict[str, str] = {
     "free-shared": "free_blocks of blocks still held elsewhere: nothing is queued",
     "fork-exclusive": "fork_block of a block held once: the same block back",
     "fork-copy": "fork_block of a shared block: a new block replaces it",
+    "fork-middle-exclusive": "fork_block of a block held once, before a table's last slot",
+    "fork-middle-copy": "fork_block of a shared block before a table's last slot: the "
+                        "sequence leaves the chain discipline",
     "pad": "touch of the null block",
     "reset": "reset_prefix_cache drops every hash",
     "reset-refused": "reset_prefix_cache refused while a block is held",
@@ -96,12 +101,28 @@ def path_of(w: World, op: Op, res: StepResult) -> str:
     if op.kind == "fork":
         copied = after.tables[op.req][-1] != w.tables[op.req][-1]
         return "fork-copy" if copied else "fork-exclusive"
+    if op.kind == "fork_at":
+        copied = after.tables[op.req][op.arg] != w.tables[op.req][op.arg]
+        return "fork-middle-copy" if copied else "fork-middle-exclusive"
     if op.kind == "reset":
         held = any(w.pool.ref_cnt[b] > 0 for b in range(1, w.pool.num_blocks))
         return "reset-refused" if held else "reset"
     if op.kind == "stray_free":
         return "stray-free"
+    if op.kind == "allocate2":
+        return "allocate-two"
+    if op.kind == "free_tail":
+        return "free-tail"
     return op.kind
+
+
+#: The operation kind each path belongs to.
+PATH_KIND: dict[str, str] = {
+    p: ("allocate2" if p == "allocate-two" else "free_tail" if p == "free-tail"
+        else "stray_free" if p == "stray-free" else "fork_at" if p.startswith("fork-middle")
+        else p.split("-")[0])
+    for p in PATHS
+}
 
 
 @dataclass
@@ -123,8 +144,11 @@ class SanityReport:
     def ok(self) -> bool:
         return not self.failures
 
+    #: the operation kinds of the instance (a path of another kind cannot fire)
+    kinds: set[str] = field(default_factory=set)
+
     def unreached(self) -> list[str]:
-        return [p for p in PATHS if p not in self.fired]
+        return [p for p in PATHS if p not in self.fired and PATH_KIND[p] in self.kinds]
 
     def describe(self) -> list[str]:
         """Lines for ``kvspec prove``'s header."""
@@ -141,9 +165,12 @@ class SanityReport:
         return out
 
 
-_EQ = re.compile(r"\(= \|([^|@]+)@post\| (#x[0-9a-f]+|#b[01]+|\d+|\(- \d+\))\)")
-_NOT = re.compile(r"\(not \|([^|@]+)@post\|\)")
-_BARE = re.compile(r"\|([^|@]+)@post\|")
+# A post-state variable as z3 prints it: ``|ref[1]@post|``, or bare when the name needs
+# no quoting (``disc@post``).
+_NAME = r"\|?([^|@\s()]+)@post\|?"
+_EQ = re.compile(r"\(= " + _NAME + r" (#x[0-9a-f]+|#b[01]+|\d+|\(- \d+\))\)")
+_NOT = re.compile(r"\(not " + _NAME + r"\)")
+_BARE = re.compile(_NAME)
 
 
 def _number(raw: str) -> int:
@@ -284,7 +311,8 @@ def _explore(cfg: ModelConfig, sem: PoolSemantics, max_depth: int, max_explore: 
         if len(order) < max_explore:
             complete = depth
         frontier = nxt
-        if not frontier or (len(witnesses) == len(PATHS) and len(order) >= enough):
+        possible = {p for p in PATHS if PATH_KIND[p] in {o.kind for o in ops}}
+        if not frontier or (possible <= set(witnesses) and len(order) >= enough):
             break
     return order, witnesses, complete
 
@@ -362,8 +390,9 @@ def sanity_check(
             on_world(count)
         if len(report.failures) >= 5:
             break
-    for kind in OP_MEANING:
-        if not any(p == kind or p.startswith(kind.replace("_", "-")) for p in report.fired):
+    report.kinds = {op.kind for op in ops}
+    for kind in sorted(report.kinds, key=list(OP_MEANING).index):
+        if not any(PATH_KIND[p] == kind for p in report.fired):
             report.failures.append(
                 f"operations-enabled: z3 never admits {kind} from a world the spec reaches "
                 f"within depth {max_depth}: its guard is a contradiction there")
