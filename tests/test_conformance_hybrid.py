@@ -146,3 +146,20 @@ def test_a_trace_adopting_hits_beyond_the_cap_is_outside_the_scope() -> None:
         driver.apply(Step("allocate_slots", {
             "request_id": "r", "num_new_tokens": 1, "num_new_computed_tokens": 4,
             "new_computed_blocks": [[1], [2, 3]]}))
+
+
+def test_the_worked_example_of_docs_hybrid_md() -> None:
+    """docs/hybrid.md's numbers, step by step."""
+    m = sh.init_hybrid(20, [sh.GroupSpec("full", 4), sh.GroupSpec("sliding", 2, 3)])
+    assert (m.hash_block_size, m.alignment) == (2, 4)
+    a = sh.new_request(m, "a", range(10))
+    assert len(a.block_hashes) == 5
+    assert sh.allocate_slots(m, a, 10) == [[1, 2, 3], [4, 5, 6, 7, 8]]
+    assert [b for b in range(20) if m.pool.block_hash[b] is not None] == [1, 2, 5, 7]
+    a.num_computed_tokens = 10
+    sh.free(m, "a")
+    b = sh.new_request(m, "b", [*range(10), 99])
+    hits, num = sh.get_computed_blocks(m, b)
+    assert (hits, num) == ([[1, 2], [0, 0, 0, 7]], 8)
+    assert sh.allocate_slots(m, b, 3, num, hits) == [[8], [6, 4]]
+    assert sh.get_block_ids(m, "b") == [[1, 2, 8], [0, 0, 0, 7, 6, 4]]

@@ -263,6 +263,7 @@ class HybridDriver:
             result, then = handler(trial, **step.args)
         except Refused as refusal:
             self.steps.append(step)
+            self._check_scope(step, looked_up)
             self._expect_refusal(step, refusal)
             return Outcome(refused=refusal)
         self.steps.append(step)
@@ -304,10 +305,11 @@ class HybridDriver:
                 looked_up != rid:
             raise OutsideScope(n, f"{step.describe()} adopts hits without looking "
                                f"{rid!r} up right before")
-        if step.op == "get_computed_blocks" and any(sh.get_block_ids(self.spec, rid)):
+        if step.op == "get_computed_blocks" and rid in self.requests and any(
+                sh.get_block_ids(self.spec, rid)):
             raise OutsideScope(n, f"{step.describe()}: {rid!r} holds blocks; a scheduler "
                                "looks up only requests it is about to admit")
-        if step.op == "set_num_computed_tokens":
+        if step.op == "set_num_computed_tokens" and rid in self.requests:
             slots = min(len(t) * g.block_size for t, g in
                         zip(sh.get_block_ids(self.spec, rid), self.groups, strict=True))
             if step.args["num_computed_tokens"] > slots:

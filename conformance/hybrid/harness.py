@@ -301,15 +301,22 @@ class HybridHarness(Harness):
                       SAMPLED_TOKENS[0])
 
     @move(index=INDEX, leave=Domain(integers(0, 6)), cut=Domain(integers(0, 3)),
-          chunk=CHUNK, external=EXTERNAL, token=TOKEN, weight=3,
+          chunk=CHUNK, external=EXTERNAL, token=TOKEN, release=Domain(one_of((False, True))),
+          weight=3,
           enabled=lambda h: bool(h.with_state("finished")) and
           sum(1 for s in h.requests if s.state != "finished") < MAX_REQUESTS - 1)
     def follow_up(self, index: int, leave: int, cut: int, chunk: int, external: int,
-                  token: int) -> None:
+                  token: int, release: bool) -> None:
         """A finished request's next turn arrives while the pool is busy: its hits are
-        the old request's blocks, at ref count 0 near the free queue's end."""
+        the old request's blocks, at ref count 0 near the free queue's end. With
+        ``release`` the request that filled the pool finishes first, so its blocks queue
+        behind the old request's, whose hits then stand at the front of the free queue
+        (where an admission's own new blocks are popped)."""
         source = self.pick("finished", index)
+        filled = len(self.requests)
         self.fill(leave, 0)
+        if release and len(self.requests) > filled and self.requests[-1].state == "running":
+            self.finish(self.with_state("running").index(self.requests[-1]))
         if not self.has_room():
             return
         self.add_like(self.requests.index(source), cut, ())
