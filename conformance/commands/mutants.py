@@ -107,6 +107,10 @@ def format_row(row: KillRow) -> str:
     )
 
 
+def _run_group(names: list[str], settings_name: str, seed: int | None) -> list[KillRow]:
+    return [run_mutant(name, settings_name, seed) for name in names]
+
+
 def run_mutants(names: list[str], settings_name: str = "ci", seed: int | None = 0,
                 jobs: int = 1) -> Iterator[KillRow]:
     """:func:`run_mutant` for each name, in ``jobs`` worker processes; the rows come in
@@ -115,13 +119,25 @@ def run_mutants(names: list[str], settings_name: str = "ci", seed: int | None = 
         for name in names:
             yield run_mutant(name, settings_name, seed)
         return
-    # Fresh interpreters (spawn), not forks: a worker imports torch itself if it needs it.
+    from kvspec.conformance.mutants import MUTANTS
+
+    # The content level's mutants run in one worker, which imports torch once; they are
+    # handed out first, the others one at a time in the order given.
+    content = [n for n in names if MUTANTS[n].level == "content"]
+    groups = ([content] if content else []) + [[n] for n in names if n not in content]
+    # Fresh interpreters (spawn), not forks: only the content worker imports torch.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(names)), mp_context=context) as pool:
-        futures = [pool.submit(run_mutant, name, settings_name, seed) for name in names]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context) as pool:
+        futures = [pool.submit(_run_group, group, settings_name, seed) for group in groups]
+        holder = {n: (group, future) for group, future in zip(groups, futures, strict=True)
+                  for n in group}
+        done: dict[str, KillRow] = {}
         try:
-            for future in futures:
-                yield future.result()
+            for name in names:
+                if name not in done:
+                    group, future = holder[name]
+                    done.update(zip(group, future.result(), strict=True))
+                yield done.pop(name)
         finally:
             for future in futures:
                 future.cancel()
