@@ -11,7 +11,7 @@ Why the arguments look the way they do:
 * prompts are a prefix of one of three token sequences (two share their first eight
   tokens) plus a short tail, so hits, partial hits and hits that one group serves and
   another does not are common; follow-up turns repeat a finished request's tokens;
-* pools of 6-40 blocks, 2-4 tokens per block and windows of 2-6 tokens: windows slide
+* pools of 6-40 blocks, 2-4 tokens per block and windows of 2-5 tokens: windows slide
   within a short request, and pressure makes eviction, reuse and ``None`` common;
 * external tokens are at most the tokens left before the last one (the connector never
   supplies the token whose logits are wanted), chosen from 0-5;
