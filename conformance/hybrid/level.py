@@ -9,6 +9,7 @@ from kvspec.conformance.hybrid.driver import MODES, HybridConfig, HybridDriver, 
 from kvspec.conformance.hybrid.harness import SITUATIONS, simplify, start
 from kvspec.conformance.hybrid.protocol import GroupTuple
 from kvspec.conformance.hybrid.targets import load_hybrid_factory
+from kvspec.conformance.hybrid.vocabulary import start_vocabulary
 from kvspec.conformance.level import Level, RunOptions
 
 #: The group configurations the random engine plays: full attention beside a sliding
@@ -43,8 +44,11 @@ def configs(factory: Any, options: RunOptions) -> st.SearchStrategy[HybridConfig
 
 
 def small_configs(factory: Any, options: RunOptions) -> list[HybridConfig]:
-    return [HybridConfig(6, GROUP_CONFIGS[0], True, options.profile,
-                         compare_hashes=_compare_hashes(factory))]
+    """The exhaustive engine's: full attention and a sliding window of 3, both at 2 tokens
+    per block, and full attention at 2 beside full attention at 4, on 6 blocks."""
+    return [HybridConfig(6, groups, True, options.profile,
+                         compare_hashes=_compare_hashes(factory))
+            for groups in ((("full", 2, None), ("sliding", 2, 3)), GROUP_CONFIGS[4])]
 
 
 def replay_driver(factory: Any, config: HybridConfig, options: RunOptions) -> HybridDriver:
@@ -57,7 +61,7 @@ HYBRID = Level(
     config_from_json=HybridConfig.from_json,
     load_factory=load_hybrid_factory,
     start=start,
-    start_vocabulary=None,
+    start_vocabulary=start_vocabulary,
     configs=configs,
     small_configs=small_configs,
     replay_driver=replay_driver,
