@@ -26,7 +26,8 @@ from kvspec.conformance.engines.settings import SETTINGS_PROFILES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
-    parser.add_argument("--level", choices=["pool", "manager", "content", "all"], default="all")
+    parser.add_argument("--level", choices=["pool", "manager", "content", "hybrid", "all"],
+                        default="all")
     parser.add_argument("--settings", choices=list(SETTINGS_PROFILES), default="ci")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0: reproducible)")
     parser.add_argument("--list", action="store_true", help="list the zoo and exit")
