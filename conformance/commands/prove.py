@@ -16,9 +16,11 @@ on any target. See docs/prove.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # z3 is imported only when the command runs
     from kvspec.conformance.trace import Trace
@@ -120,6 +122,58 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """:func:`_run`, stopped cleanly by Ctrl-C: the invariants settled so far, one line
+    saying where it stopped (:class:`Interrupted`, exit 130). The output folder is checked
+    before any proof runs."""
+    from kvspec.conformance.commands import Interrupted, writable_path
+
+    if not args.list_mutants:
+        writable_path(args.out, "--out", folder=True)
+    _progress.clear()
+    started = time.monotonic()
+    try:
+        with _z3_interrupts():
+            return _run(args)
+    except KeyboardInterrupt:
+        results = _progress.get("results", {})
+        if results:
+            print("\n  settled before the interrupt:")
+            print("\n".join(_table([(n, r.describe(), f"{r.seconds:.2f}")
+                                    for n, r in results.items()])))
+        written = len(_progress.get("written", []))
+        raise Interrupted(
+            f"interrupted after {time.monotonic() - started:.1f}s during "
+            f"{_progress.get('stage', 'setup')}: {len(results)} result(s) settled; "
+            f"{written or 'no'} counterexample trace(s) written") from None
+
+
+#: Where :func:`_run` is: its stage and the results settled so far (for an interrupt).
+_progress: dict = {}
+
+
+@contextlib.contextmanager
+def _z3_interrupts() -> Iterator[None]:
+    """Turn Ctrl-C during a z3 query into ``KeyboardInterrupt``. z3 catches SIGINT itself
+    while it solves, cancels the query and returns ``unknown``; without this the proof
+    would go on with the next query as if nothing had happened."""
+    import z3
+
+    check = z3.Solver.check
+
+    def checked(self: z3.Solver, *assumptions: Any) -> Any:
+        verdict = check(self, *assumptions)
+        if verdict == z3.unknown and self.reason_unknown() == "interrupted from keyboard":
+            raise KeyboardInterrupt
+        return verdict
+
+    z3.Solver.check = checked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        z3.Solver.check = check  # type: ignore[method-assign]
+
+
+def _run(args: argparse.Namespace) -> int:
     from kvspec.spec.profiles import get_profile
     from kvspec.spec.symbolic import bmc as bmc_mod
     from kvspec.spec.symbolic import induction
@@ -158,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'on' if args.induction else 'off'}")
 
     results: dict[str, Result] = {}
+    _progress.update(results=results, stage="the inductive proofs")
     assume: list[str] = []
     report = None
     if args.induction:
@@ -168,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [n for n in names if n not in results]
     if todo:
         started = time.monotonic()
+        _progress["stage"] = f"bounded model checking to depth {args.depth}"
         found = bmc_mod.bmc(cfg, mname, todo, args.depth, incremental=not args.one_shot,
                             assume=assume, stop_at_first=not args.all_counterexamples)
         results.update(found)
@@ -177,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
                 r = results[name]
                 if r.status != "holds" or r.depth < args.depth:
                     continue
+                _progress["stage"] = f"k-induction of {name}"
                 for k in range(2, min(4, args.depth + 1) + 1):
                     verdict = induction.k_induction(cfg, name, report.survivors, k, mname)
                     if str(verdict) == "unsat":
@@ -189,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         # A bug may break no invariant and still be visible to a caller: also look for
         # the shortest sequence after which the mutant and the spec differ.
         spec_lemmas: list[str] = []
+        _progress["stage"] = "the search for a divergence from the spec"
         if args.induction:
             spec_lemmas = induction.lemma_names(induction.prove(cfg, every, None))
         results[bmc_mod.DIVERGENCE] = bmc_mod.divergence(cfg, mname, args.depth,
@@ -209,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         trace = counterexample_trace(cfg, r.counterexample, mname)
         path = args.out / f"prove-{mname or 'spec'}-{cfg.profile.name}-{r.invariant}.json"
         trace.save(path)
+        _progress.setdefault("written", []).append(path)
         print(f"  trace: {path}")
     if mutant is not None and not broken:
         print(f"\n  no counterexample: the {mname} mutant survives to depth {args.depth}")
