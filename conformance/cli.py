@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 OK, FAILED, USAGE, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """Refuses a bad command line in one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str) -> NoReturn:
@@ -54,7 +54,7 @@ def _load(name: str):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="kvspec",
         description=(
             "An executable formal model of a PagedAttention KV-cache block pool, and a "

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 from kvspec.conformance.errors import UsageError
 
 __all__ = ["Interrupted", "UsageError", "non_negative_float", "positive_float", "positive_int",
-           "writable_path"]
+           "usable_level", "writable_path"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -65,6 +66,18 @@ def non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, got {text}")
     return value
+
+
+def usable_level(name: str) -> Any:
+    """The level called ``name``; one it cannot import (the content level without torch)
+    is a usage error saying what to install."""
+    from kvspec.conformance.levels import get_level
+
+    try:
+        return get_level(name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"the {name} level needs {exc.name}, which is not installed "
+                         "(pip install 'kvspec[store]')") from None
 
 
 def writable_path(path: Path, option: str, *, folder: bool) -> None:

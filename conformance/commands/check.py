@@ -23,6 +23,7 @@ from kvspec.conformance.commands import (
     UsageError,
     non_negative_float,
     positive_int,
+    usable_level,
     writable_path,
 )
 from kvspec.conformance.engines.pipeline import CheckResult
@@ -184,7 +185,7 @@ def prepare(args: argparse.Namespace, levels: list[str]) -> dict[str, Any]:
     work and any output. Returns each level's factory."""
     from kvspec.conformance.engines.settings import settings_profile
     from kvspec.conformance.level import RunOptions
-    from kvspec.conformance.levels import check_factory, get_level
+    from kvspec.conformance.levels import check_factory
 
     try:
         settings_profile(args.settings)
@@ -196,11 +197,7 @@ def prepare(args: argparse.Namespace, levels: list[str]) -> dict[str, Any]:
             writable_path(path, option, folder=False)
     factories = {}
     for level in levels:
-        try:
-            lv = get_level(level)
-        except ModuleNotFoundError as exc:
-            raise UsageError(f"the {level} level needs {exc.name}, which is not installed "
-                             "(pip install 'kvspec[store]')") from None
+        lv = usable_level(level)
         mode = "strict" if level == "manager" else args.mode
         try:
             lv.check_mode(mode)
