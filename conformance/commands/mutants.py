@@ -85,6 +85,19 @@ def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> Ki
     return KillRow.from_result(name, mutant.level, result)
 
 
+def needing_torch(names: list[str]) -> list[str]:
+    """The content-level (store) mutants among ``names`` when torch cannot be imported."""
+    from kvspec.conformance.mutants import MUTANTS
+
+    content = [n for n in names if MUTANTS[n].level == "content"]
+    if content:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return content
+    return []
+
+
 HEADER = (f"{'mutant':<34} {'level':<7} {'caught':<6} {'caught by':<26} {'found by':<10} "
           f"{'examples':>8} {'seconds':>8} {'exhaustive':>10} {'length':>6}")
 
@@ -112,17 +125,29 @@ def run(args: argparse.Namespace) -> int:
         for n in chosen:
             print(f"  {n:<34} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
         return 0
+    not_run = needing_torch(chosen)
+    if not_run:
+        print(f"skipped: {len(not_run)} store mutant(s) ({', '.join(not_run)}): the content "
+              "level needs torch, which is not installed (pip install 'kvspec[store]')")
+        chosen = [n for n in chosen if n not in not_run]
     print(HEADER)
     print("-" * len(HEADER))
     rows = []
     for n in chosen:
-        row = run_mutant(n, args.settings, args.seed)
+        try:
+            row = run_mutant(n, args.settings, args.seed)
+        except KeyboardInterrupt:
+            from kvspec.conformance.commands import Interrupted
+
+            raise Interrupted(f"interrupted while running mutant {n}, after {len(rows)} of "
+                              f"{len(chosen)} mutants") from None
         rows.append(row)
         print(format_row(row), flush=True)
     print("(exhaustive: the exhaustive engine's shortest failing length, or >d when it found "
           "none to depth d; length: the reported, 1-minimal trace)")
     caught = [r for r in rows if r.caught]
-    print(f"\n{len(caught)}/{len(rows)} mutants caught")
+    print(f"\n{len(caught)}/{len(rows)} mutants caught"
+          + (f" ({len(not_run)} store mutants not run: no torch)" if not_run else ""))
     if caught:
         print(
             f"median seconds to catch (incl. minimizing): "
