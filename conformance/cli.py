@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         status = int(_load(args.command).run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
+    except SystemExit as exc:  # argparse's: --help (0), a bad option (2, already said)
+        if isinstance(exc.code, int):
+            return exc.code
+        raise
     except UsageError as exc:
         _say(f"{prog}: {exc}")
         return USAGE

@@ -208,10 +208,8 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        try:
-            return cls.loads(Path(path).read_bytes())
-        except TraceError as exc:
-            raise TraceError(f"{path}: {exc}") from None
+        """A trace from a file (:meth:`loads`); ``OSError`` when it cannot be read."""
+        return cls.loads(Path(path).read_bytes())
 
 
 #: The largest pool a trace may configure: far above any pool kvspec's engines use (a

@@ -23,12 +23,14 @@ def run(args: argparse.Namespace) -> int:
     from kvspec.conformance.engines.replay import replay_trace
     from kvspec.conformance.level import RunOptions
     from kvspec.conformance.levels import check_factory
-    from kvspec.conformance.trace import Trace
+    from kvspec.conformance.trace import Trace, TraceError
 
     try:
         trace = Trace.load(args.trace)
     except OSError as exc:
         raise UsageError(f"{args.trace}: cannot read it ({exc.strerror or exc})") from None
+    except TraceError as exc:
+        raise TraceError(f"{args.trace}: {exc}") from None
     level = usable_level(trace.level)
     config = level.config_from_json({**trace.config, **({"mode": args.mode} if args.mode
                                                          else {})})
