@@ -13,7 +13,9 @@ what the random phase did (examples, steps, moves, invariant checks, situations 
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +72,48 @@ class CheckInterrupted(KeyboardInterrupt):
         super().__init__(progress)
         self.result = result
         self.progress = progress
+
+
+class _CtrlC:
+    """Ctrl-C that is never lost.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be; when that
+    is a garbage-collector callback (Hypothesis registers one), the exception is reported
+    as "ignored" and the run goes on. While a check runs, the handler also remembers the
+    press, the engines' per-step hook raises it again at the next step, and the "ignored"
+    report of that one exception is dropped. Installed only over Python's default handler,
+    in the main thread."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.previous: Any = None
+        self.hook: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._pressed)
+            self.hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+        return self
+
+    def _pressed(self, _signum: int, _frame: Any) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not (self.pressed and unraisable.exc_type is KeyboardInterrupt):
+            self.hook(unraisable)
+
+    def check(self) -> None:
+        """Raise the press that an earlier ``KeyboardInterrupt`` did not deliver."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            sys.unraisablehook = self.hook
 
 
 class Progress:
@@ -148,6 +192,12 @@ def run_check(
     lv.check_options(options)
     stats = RunStats()
     display = Progress(stats, progress)
+    ctrl_c = _CtrlC()
+
+    def tick() -> None:
+        ctrl_c.check()
+        display.tick()
+
     start = time.perf_counter()
     result = CheckResult(
         target=target_name, level=lv.name, profile=profile, mode=mode, failure=None,
@@ -156,6 +206,7 @@ def run_check(
     )
     stage = "before the first step"
     reached = "no depth complete"
+    ctrl_c.__enter__()
     try:
         failure: Divergence | None = None
         if exhaustive and lv.start_vocabulary is not None:
@@ -165,9 +216,8 @@ def run_check(
                 display.say(f"exhaustive: {reached}")
 
             stage = "exhaustive"
-
             result.exhaustive = explore(
-                lv, factory, options, Recorder(),
+                lv, factory, options, Recorder(on_step=ctrl_c.check),
                 max_depth=exhaustive_depth,
                 seconds=effort.exhaustive_seconds if exhaustive_seconds is None
                 else exhaustive_seconds,
@@ -179,7 +229,7 @@ def run_check(
         if failure is None and random:
             stage = "random"
             failure, result.examples_to_failure = run_random(
-                lv, factory, options, Recorder(stats, display.tick),
+                lv, factory, options, Recorder(stats, tick),
                 max_examples=max_examples or effort.max_examples,
                 steps=steps or effort.steps,
                 seed=seed,
@@ -197,6 +247,7 @@ def run_check(
             result.found_length = len(failure.steps)
             minimized = minimize(lv, factory, options, failure)
             failure, result.minimal = minimized.failure, minimized.reproduced
+        ctrl_c.check()
         result.failure = failure
     except KeyboardInterrupt:
         display.done()
@@ -210,6 +261,7 @@ def run_check(
         }.get(stage, stage)
         raise CheckInterrupted(result, f"after {result.seconds:.1f}s, {progress}") from None
     finally:
+        ctrl_c.__exit__()
         display.done()
         result.seconds = time.perf_counter() - start
     return result
