@@ -20,18 +20,18 @@ from kvspec.conformance.cli import main
 STARTED = "-- started --"
 
 # Runs ``kvspec ARGS...`` after wrapping ``module.attribute`` to announce its start.
-CHILD = """
+CHILD = f"""
 import importlib, sys
 module, attribute = sys.argv[1].split(":")
 module = importlib.import_module(module)
 original = getattr(module, attribute)
 def announced(*args, **kwargs):
-    print({started!r}, file=sys.stderr, flush=True)
+    print({STARTED!r}, file=sys.stderr, flush=True)
     return original(*args, **kwargs)
 setattr(module, attribute, announced)
 from kvspec.conformance.cli import main
 sys.exit(main(sys.argv[2:]))
-""".format(started=STARTED)
+"""
 
 
 def interrupted(announcer: str, argv: list[str], cwd: Path, after: float = 1.5

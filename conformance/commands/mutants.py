@@ -119,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
-        print(f"kvspec mutants: unknown mutant(s) {unknown}; see kvspec mutants --list")
-        return 2
+        from kvspec.conformance.commands import UsageError
+
+        raise UsageError(f"unknown mutant(s) {unknown}; see kvspec mutants --list")
     if args.list:
         for n in chosen:
             print(f"  {n:<34} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")

@@ -202,8 +202,9 @@ def _run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown invariant(s) {unknown}; expected some of {every}")
     except ValueError as exc:
-        print(f"kvspec prove: {exc}")
-        return 2
+        from kvspec.conformance.commands import UsageError
+
+        raise UsageError(str(exc)) from None
     mname = mutant.name if mutant else None
 
     print(f"kvspec prove: {cfg.describe()}")
