@@ -155,12 +155,15 @@ _progress: dict = {}
 def _z3_interrupts() -> Iterator[None]:
     """Turn Ctrl-C during a z3 query into ``KeyboardInterrupt``. z3 catches SIGINT itself
     while it solves, cancels the query and returns ``unknown``; without this the proof
-    would go on with the next query as if nothing had happened."""
+    would go on with the next query as if nothing had happened. A press that Python
+    dropped (in a z3 object's ``__del__``) is raised at the next query (:class:`CtrlC`)."""
     import z3
+    from kvspec.conformance.interrupts import CtrlC
 
     check = z3.Solver.check
 
     def checked(self: z3.Solver, *assumptions: Any) -> Any:
+        ctrl_c.check()
         verdict = check(self, *assumptions)
         if verdict == z3.unknown and self.reason_unknown() == "interrupted from keyboard":
             raise KeyboardInterrupt
@@ -168,7 +171,9 @@ def _z3_interrupts() -> Iterator[None]:
 
     z3.Solver.check = checked  # type: ignore[method-assign]
     try:
-        yield
+        with CtrlC() as ctrl_c:
+            yield
+            ctrl_c.check()
     finally:
         z3.Solver.check = check  # type: ignore[method-assign]
 

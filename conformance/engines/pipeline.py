@@ -13,9 +13,7 @@ what the random phase did (examples, steps, moves, invariant checks, situations 
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from kvspec.conformance.engines.settings import (
     database_digest,
     settings_profile,
 )
+from kvspec.conformance.interrupts import CtrlC
 from kvspec.conformance.level import Harness, Level, Recorder, RunOptions, RunStats
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.outcome import Divergence
@@ -72,48 +71,6 @@ class CheckInterrupted(KeyboardInterrupt):
         super().__init__(progress)
         self.result = result
         self.progress = progress
-
-
-class _CtrlC:
-    """Ctrl-C that is never lost.
-
-    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be; when that
-    is a garbage-collector callback (Hypothesis registers one), the exception is reported
-    as "ignored" and the run goes on. While a check runs, the handler also remembers the
-    press, the engines' per-step hook raises it again at the next step, and the "ignored"
-    report of that one exception is dropped. Installed only over Python's default handler,
-    in the main thread."""
-
-    def __init__(self) -> None:
-        self.pressed = False
-        self.previous: Any = None
-        self.hook: Any = None
-
-    def __enter__(self) -> _CtrlC:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self.previous = signal.signal(signal.SIGINT, self._pressed)
-            self.hook = sys.unraisablehook
-            sys.unraisablehook = self._unraisable
-        return self
-
-    def _pressed(self, _signum: int, _frame: Any) -> None:
-        self.pressed = True
-        raise KeyboardInterrupt
-
-    def _unraisable(self, unraisable: Any) -> None:
-        if not (self.pressed and unraisable.exc_type is KeyboardInterrupt):
-            self.hook(unraisable)
-
-    def check(self) -> None:
-        """Raise the press that an earlier ``KeyboardInterrupt`` did not deliver."""
-        if self.pressed:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            sys.unraisablehook = self.hook
 
 
 class Progress:
@@ -192,7 +149,7 @@ def run_check(
     lv.check_options(options)
     stats = RunStats()
     display = Progress(stats, progress)
-    ctrl_c = _CtrlC()
+    ctrl_c = CtrlC()
 
     def tick() -> None:
         ctrl_c.check()
