@@ -13,6 +13,7 @@ LEVEL_MODULES: dict[str, str] = {
     "pool": "kvspec.conformance.pool.level:POOL",
     "manager": "kvspec.conformance.manager.level:MANAGER",
     "content": "kvspec.conformance.content.level:CONTENT",
+    "hybrid": "kvspec.conformance.hybrid.level:HYBRID",
 }
 LEVEL_NAMES = tuple(LEVEL_MODULES)
 
@@ -33,18 +34,23 @@ def check_factory(level: str, factory: Any, target: str, *, profile: str = "curr
     Operations the factory declares ``unsupported`` may be missing."""
     from kvspec.conformance.pool.targets import TargetSpecError, unsupported_operations
 
+    unsupported: frozenset[str] = frozenset()
+    args: tuple[Any, ...]
     if level == "manager":
         from kvspec.conformance.manager.protocol import ManagerTarget as protocol
 
-        args: tuple[int, ...] = (4, 2)
-        unsupported: frozenset[str] = frozenset()
+        args = (4, 2)
+    elif level == "hybrid":
+        from kvspec.conformance.hybrid.protocol import HybridTarget as protocol
+
+        args = (4, [("full", 2, None)])
     else:
         from kvspec.conformance.pool.protocol import PoolTarget as protocol
 
         args = (4,)
         unsupported = unsupported_operations(factory)
     kwargs = {"enable_caching": True, "profile": profile}
-    call = f"factory({', '.join(map(str, args))}, enable_caching=True, profile={profile!r})"
+    call = f"factory({', '.join(map(repr, args))}, enable_caching=True, profile={profile!r})"
     where = f"--target {target!r}"
     try:
         inspect.signature(factory).bind(*args, **kwargs)

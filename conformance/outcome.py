@@ -19,7 +19,7 @@ report lists it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from kvspec.conformance.trace import Step, Trace
@@ -67,6 +67,12 @@ class Divergence(AssertionError):
 
     def __str__(self) -> str:
         return f"[{self.caught_by}] {self.message}"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # An exception pickles as its class called with ``args``, which a dataclass
+        # exception leaves empty: rebuild it from its fields instead (a result sent back
+        # from a worker process holds one).
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
     @property
     def step_index(self) -> int:

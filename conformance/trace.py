@@ -97,8 +97,8 @@ class Step:
         return {"op": self.op, "args": args}
 
     @classmethod
-    def from_json(cls, data: Any, ops: dict[str, tuple[str, ...]], *, where: str = "step"
-                  ) -> Step:
+    def from_json(cls, data: Any, ops: dict[str, tuple[str, ...]], *, where: str = "step",
+                  level: str = "pool") -> Step:
         """One step of a trace file, every argument checked (see :data:`ARG_KINDS`)."""
         if not isinstance(data, dict):
             raise TraceError(f"{where}: expected an object {{\"op\": ..., \"args\": {{...}}}}, "
@@ -118,8 +118,9 @@ class Step:
         if unknown:
             raise TraceError(f"{where}: {op}: unknown argument(s) {sorted(unknown)}")
         args: dict[str, Any] = {}
+        kinds = {**ARG_KINDS, **LEVEL_ARG_KINDS.get(level, {})}
         for name, value in raw.items():
-            args[name] = _checked_arg(value, ARG_KINDS.get(name, "any"), f"{where}: {op}: {name}")
+            args[name] = _checked_arg(value, kinds.get(name, "any"), f"{where}: {op}: {name}")
         missing = [n for n in ops[op] if n not in args and n not in OPTIONAL_ARGS.get(op, ())]
         if missing:
             raise TraceError(f"{where}: {op}: missing argument(s) {missing}")
@@ -183,7 +184,8 @@ class Trace:
         raw_steps = data["steps"]
         if not isinstance(raw_steps, list):
             raise TraceError(f"steps: expected a list, got {_shown(raw_steps)}")
-        steps = [Step.from_json(s, ops, where=f"step {i}") for i, s in enumerate(raw_steps, 1)]
+        steps = [Step.from_json(s, ops, where=f"step {i}", level=level)
+                 for i, s in enumerate(raw_steps, 1)]
         note = data.get("note", "")
         if not isinstance(note, str):
             raise TraceError(f"note: expected a string, got {_shown(note)}")
@@ -239,12 +241,17 @@ ARG_KINDS: dict[str, str] = {
     # content
     "prompt": "ints", "request": "int", "token": "int",
 }
+#: Where a level's argument holds something else: the hybrid level's hits are one list of
+#: block ids per KV-cache group.
+LEVEL_ARG_KINDS: dict[str, dict[str, str]] = {
+    "hybrid": {"new_computed_blocks": "int-lists", "num_external_computed_tokens": "int"},
+}
 #: Arguments a step may leave out (the operation's default applies).
 OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
     "cache_block": ("parent",),
     "add_request": ("lora_name", "cache_salt"),
     "allocate_slots": ("num_new_computed_tokens", "new_computed_blocks",
-                       "num_lookahead_tokens"),
+                       "num_lookahead_tokens", "num_external_computed_tokens"),
 }
 
 
@@ -271,6 +278,9 @@ def _checked_arg(value: Any, kind: str, where: str) -> Any:
         return value
     if kind == "ints" and isinstance(value, list) and all(_is_int(v) for v in value):
         return value
+    if kind == "int-lists" and isinstance(value, list) and all(
+            isinstance(v, list) and all(_is_int(i) for i in v) for v in value):
+        return value
     if kind == "str" and isinstance(value, str):
         return value
     if kind == "hash" and isinstance(value, str):
@@ -281,7 +291,8 @@ def _checked_arg(value: Any, kind: str, where: str) -> Any:
     if kind == "any":
         return value
     expected = {"int": "a whole number", "ints": "a list of whole numbers",
-                "str": "a string", "hash": "a hex string"}[kind]
+                "int-lists": "a list of lists of whole numbers", "str": "a string",
+                "hash": "a hex string"}[kind]
     if kind == "ints" and isinstance(value, list):
         bad = next(v for v in value if not _is_int(v))
         raise TraceError(f"{where}: expected {expected}, got {_shown(bad)} in the list")
@@ -309,6 +320,27 @@ def _field(data: dict[str, Any], name: str, where: str, *, kind: type, default: 
     return value
 
 
+def _checked_groups(groups: Any) -> None:
+    """A hybrid config's KV-cache groups: ``[kind, block_size, sliding_window or null]``."""
+    if not isinstance(groups, list) or not groups:
+        raise TraceError(f"config: groups: expected a non-empty list of [kind, block_size, "
+                         f"window or null], got {_shown(groups)}")
+    for i, group in enumerate(groups, 1):
+        ok = (isinstance(group, list) and len(group) == 3 and isinstance(group[0], str)
+              and _is_int(group[1]) and 1 <= group[1] <= MAX_TRACE_BLOCKS
+              and (group[2] is None or (_is_int(group[2]) and group[2] >= 1)))
+        if not ok:
+            raise TraceError(f"config: groups: group {i}: expected [kind, block_size >= 1, "
+                             f"window >= 1 or null], got {_shown(group)}")
+    from kvspec.spec.errors import Refused
+    from kvspec.spec.hybrid import GroupSpec, check_groups
+
+    try:
+        check_groups([GroupSpec(*group) for group in groups])
+    except Refused as exc:
+        raise TraceError(f"config: groups: {' '.join(str(exc).split())}") from None
+
+
 def _checked_config(config: Any, level: str) -> dict[str, Any]:
     """The ``config`` object of a ``level`` trace, each field checked."""
     if not isinstance(config, dict):
@@ -323,6 +355,10 @@ def _checked_config(config: Any, level: str) -> dict[str, Any]:
         known |= {"block_size", "compare_hashes"}
         _field(config, "block_size", where, kind=int, high=MAX_TRACE_BLOCKS)
         _field(config, "compare_hashes", where, kind=bool, default=True)
+    if level == "hybrid":
+        known |= {"groups", "compare_hashes"}
+        _field(config, "compare_hashes", where, kind=bool, default=True)
+        _checked_groups(config.get("groups"))
     if level == "content":
         known.add("store")
         store = config.get("store", {})
@@ -360,10 +396,19 @@ CONTENT_OPS: dict[str, tuple[str, ...]] = {
     "reset": (),
 }
 
+#: Hybrid-level operations (conformance/hybrid/protocol.py): the manager's, hits per group,
+#: and a KV connector's external computed tokens on ``allocate_slots``.
+HYBRID_OPS: dict[str, tuple[str, ...]] = {
+    **{op: args for op, args in MANAGER_OPS.items() if op != "add_request"},
+    "add_request": ("request_id", "prompt_token_ids"),
+    "allocate_slots": (*MANAGER_OPS["allocate_slots"], "num_external_computed_tokens"),
+}
+
 LEVEL_OPS: dict[str, dict[str, tuple[str, ...]]] = {
     "pool": POOL_OPS,
     "manager": MANAGER_OPS,
     "content": CONTENT_OPS,
+    "hybrid": HYBRID_OPS,
 }
 
 

@@ -22,7 +22,7 @@ The scheduler, not the manager, owns the :class:`~kvspec.spec.request.Request`: 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from kvspec.spec import errors, pool
 from kvspec.spec.errors import Refused
@@ -165,7 +165,7 @@ def is_running(m: ManagerState, request_id: str) -> bool:
 
 def prefix_cache_stats(m: ManagerState) -> PrefixCacheStats:
     """A copy of the prefix-cache statistics."""
-    return replace(m.stats)
+    return PrefixCacheStats(*m.stats.as_tuple())
 
 
 def max_hit_blocks(m: ManagerState, request: Request) -> int:

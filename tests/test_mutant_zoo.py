@@ -38,3 +38,24 @@ def test_the_zoo_has_mutants_where_random_runs_used_to_be_weak() -> None:
     assert {"evict-drops-every-copy", "evict-pops-wrong-copy", "touch-revives-in-place",
             "fork-copies-the-hash", "fork-uncaches-the-original", "free-queues-repeats-twice",
             "extra-keys-untagged", "free-keeps-cached-count"} <= set(MUTANTS)
+
+
+def test_kvspec_mutants_in_worker_processes_prints_rows_in_the_zoo_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kvspec.conformance.cli import main
+
+    names = ["touch-leaves-in-queue", "copy-only-k", "forward-free"]  # content: its own worker
+    assert main(["mutants", "--jobs", "2", *names]) == 0
+    out = capsys.readouterr().out
+    first_words = [line.split()[0] for line in out.splitlines() if line.strip()]
+    rows = [word for word in first_words if word in names]
+    assert rows == names
+    assert "3/3 mutants caught in" in out and "(2 worker processes)" in out
+
+
+def test_kvspec_mutants_refuses_zero_jobs(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvspec.conformance.cli import main
+
+    assert main(["mutants", "--jobs", "0", "forward-free"]) == 2
+    assert "--jobs 0, expected 1 or more" in capsys.readouterr().err

@@ -150,3 +150,37 @@ def test_classic_keys_a_lora_named_like_a_salt_alike_and_hit_content_says_it_ass
     assert classic.ok and set(classic.waived) == {"hit-content"}
     current = replay_trace(Trace("manager", {**config, "profile": "current"}, steps), "impl")
     assert current.ok and not current.waived
+
+
+def test_a_spec_bug_in_a_lookup_is_reported_though_lookups_leave_the_state_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drivers skip the spec's invariants on a snapshot equal to one that held them;
+    a lookup that (by a spec bug) changes the state gives another snapshot, and is judged."""
+    from kvspec.conformance.manager.driver import ManagerConfig
+    from kvspec.conformance.manager.driver import replay_steps as replay_manager
+    from kvspec.spec import manager as spec_manager
+
+    real_lookup, real_computed = spec_pool.get_cached_block, spec_manager.get_computed_blocks
+
+    def lookup_takes_a_reference(s, block_hash):  # type: ignore[no-untyped-def]
+        s.ref_cnt[1] += 1  # the spec bug: block 1 referenced, still queued
+        return real_lookup(s, block_hash)
+
+    def computed_takes_a_reference(m, request):  # type: ignore[no-untyped-def]
+        m.pool.ref_cnt[1] += 1
+        return real_computed(m, request)
+
+    monkeypatch.setattr(spec_pool, "get_cached_block", lookup_takes_a_reference)
+    monkeypatch.setattr(spec_manager, "get_computed_blocks", computed_takes_a_reference)
+    lookup = Step("get_cached_block", {"block_hash": b"a"})
+    with pytest.raises(Divergence) as pool_failure:
+        replay_steps(impl_pool_factory, PoolConfig(4), [lookup, lookup])
+    assert pool_failure.value.spec_error and len(pool_failure.value.steps) == 1
+    assert pool_failure.value.caught_by.startswith("spec:")
+    steps = [Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}),
+             Step("get_computed_blocks", {"request_id": "a"})]
+    with pytest.raises(Divergence) as manager_failure:
+        replay_manager(impl_manager_factory, ManagerConfig(4, 2), steps)
+    assert manager_failure.value.spec_error and len(manager_failure.value.steps) == 2
+    assert manager_failure.value.caught_by.startswith("spec:")

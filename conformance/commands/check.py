@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or a ManagerTarget",
     )
     parser.add_argument(
-        "--level", choices=["pool", "manager", "content", "all"], default="all",
+        "--level", choices=["pool", "manager", "content", "hybrid", "all"], default="all",
         help="which level to check (default all: pool, then manager where the target has one; "
         "content, which needs torch, only when asked for)",
     )
@@ -198,7 +198,7 @@ def prepare(args: argparse.Namespace, levels: list[str]) -> dict[str, Any]:
     factories = {}
     for level in levels:
         lv = usable_level(level)
-        mode = "strict" if level == "manager" else args.mode
+        mode = "strict" if level in ("manager", "hybrid") else args.mode
         try:
             lv.check_mode(mode)
             lv.check_options(RunOptions(profile=args.profile, mode=mode,
@@ -264,7 +264,7 @@ def run_level(args: argparse.Namespace, level: str, factory: Any) -> int:
             target_name=args.target,
             level=lv,
             profile=args.profile,
-            mode="strict" if level == "manager" else args.mode,
+            mode="strict" if level in ("manager", "hybrid") else args.mode,
             settings_name=args.settings,
             max_examples=args.max_examples,
             steps=args.steps,

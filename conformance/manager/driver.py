@@ -85,6 +85,9 @@ CHANGES_MANAGER = frozenset({"allocate_slots", "free", "preempt", "reset_prefix_
 #: The pool invariant that judges blocks handed out (see :func:`_with_allocated`).
 ALLOCATION_INVARIANT = "no-double-allocation"
 
+#: The pool invariants judged on the blocks as they are (see :func:`_with_allocated`).
+POOL_NAMES_BUT_ALLOCATION = [n for n in INVARIANTS if n != ALLOCATION_INVARIANT]
+
 #: Refusals of hits the protocol never passes (see "Trusted inputs" above).
 UNTRUSTED_INPUT = frozenset({sm.HIT_BEYOND_CAP, sm.STALE_HIT, errors.BLOCK_OUT_OF_RANGE})
 
@@ -228,6 +231,9 @@ class ManagerDriver:
         """The request the previous step looked up (admitting it is in scope now)."""
         self.waived: dict[str, str] = {}
         """Invariants no longer checked, each with why (see :meth:`check`)."""
+        self._spec_pool_held: PoolSnapshot | None = None
+        self._spec_manager_held: tuple[mi.ManagerSnapshot, tuple[str, ...]] | None = None
+        """The last spec snapshots every invariant held on (see :meth:`_check_spec`)."""
 
     # ------------------------------------------------------------------ helpers
 
@@ -307,13 +313,13 @@ class ManagerDriver:
     def observe_target(self) -> Observation:
         t, n = self.target, self.config.num_blocks
         stats = t.get_prefix_cache_stats()
-        hashes = {r: tuple(bytes(h) for h in t.request_block_hashes(r)) for r in self.requests}
+        hashes = {r: tuple(map(bytes, t.request_block_hashes(r))) for r in self.requests}
         pool = PoolSnapshot(
             num_blocks=n,
             enable_caching=self.config.enable_caching,
             count_null_refs=self.profile.count_null_refs,
-            ref_cnt=tuple(t.ref_cnt(b) for b in range(n)),
-            block_hash=tuple(t.block_hash(b) for b in range(n)),
+            ref_cnt=tuple(map(t.ref_cnt, range(n))),
+            block_hash=tuple(map(t.block_hash, range(n))),
             free_queue=tuple(t.free_block_ids()),
             num_free_blocks=t.get_num_free_blocks(),
             usage=t.get_usage(),
@@ -326,7 +332,7 @@ class ManagerDriver:
             pool=pool,
             tables={r: tuple(t.get_block_ids(r)) for r in self.requests},
             hashes=hashes,
-            stats=None if stats is None else tuple(int(x) for x in stats),
+            stats=None if stats is None else tuple(map(int, stats)),
         )
 
     def observe_spec(self, allocated: dict[int, int] | None = None) -> Observation:
@@ -619,31 +625,25 @@ class ManagerDriver:
 
     # ------------------------------------------------------------------ checking
 
-    def _snapshots(
-        self, target: Observation, spec_obs: Observation, facts: _StepFacts
-    ) -> tuple[mi.ManagerSnapshot, mi.ManagerSnapshot]:
-        def views(tables: dict[str, tuple[int, ...]]) -> tuple[mi.RequestView, ...]:
-            return tuple(
+    def _snapshot(self, obs: Observation, hits: tuple[mi.HitView, ...],
+                  stats: sm.PrefixCacheStats | None) -> mi.ManagerSnapshot:
+        """One side's manager snapshot, with the driver's facts (a copy of its records, so
+        that a snapshot kept to compare with a later one is not changed by later steps)."""
+        tables = obs.tables
+        running = self.running
+        return mi.ManagerSnapshot(
+            block_size=self.config.block_size,
+            num_blocks=self.config.num_blocks,
+            ref_cnt=obs.pool.ref_cnt,
+            requests=tuple(
                 mi.request_view(req, tables[rid]) for rid, req in self.requests.items()
-                if rid in self.running or tables[rid]
-            )
-
-        stats = None if target.stats is None else sm.PrefixCacheStats(*target.stats)
-        common = {
-            "block_size": self.config.block_size,
-            "num_blocks": self.config.num_blocks,
-            "block_content": self.contents,
-            "admissions": tuple(self.admissions),
-        }
-        target_snap = mi.ManagerSnapshot(
-            ref_cnt=target.pool.ref_cnt, requests=views(target.tables),
-            hits=facts.target_hits, stats=stats, **common,
+                if rid in running or tables[rid]
+            ),
+            hits=hits,
+            block_content=dict(self.contents),
+            stats=stats,
+            admissions=tuple(self.admissions),
         )
-        spec_snap = mi.ManagerSnapshot(
-            ref_cnt=spec_obs.pool.ref_cnt, requests=views(spec_obs.tables),
-            hits=facts.spec_hits, stats=sm.prefix_cache_stats(self.spec), **common,
-        )
-        return target_snap, spec_snap
 
     def check(
         self,
@@ -657,15 +657,61 @@ class ManagerDriver:
         target = target or self.observe_target()
         spec_obs = spec_obs or self.observe_spec(facts.allocated)
         self.target_obs = target
-        target_snap, spec_snap = self._snapshots(target, spec_obs, facts)
-        plain, masked = _with_allocated(spec_obs.pool, facts.allocated, spec_obs.tables,
-                                        spec_obs.hashes)
+        self._check_spec(spec_obs, facts)
+        # Observations (hash bytes included) and lookup answers equal to the spec's, whose
+        # state holds every invariant (just checked), hold them too: then the target's
+        # invariants are not run again, only counted; they run to name what differs.
+        same = (self.config.compare_hashes and facts.target_hits == facts.spec_hits
+                and not _differences(spec_obs, target))
+        on_check = self.on_check
+        if same:
+            if on_check:
+                for name in INVARIANTS:
+                    on_check(name)
+                for name in mi.MANAGER_INVARIANTS:
+                    if name not in self.waived:
+                        on_check(name)
+            return
+        target_pools = _with_allocated(target.pool, facts.allocated, target.tables,
+                                       target.hashes)
+        for name, inv in INVARIANTS.items():
+            if on_check:
+                on_check(name)
+            broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
+            if broken:
+                raise self.fail(name, "target: " + "; ".join(broken))
+        stats = None if target.stats is None else sm.PrefixCacheStats(*target.stats)
+        target_snap = self._snapshot(target, facts.target_hits, stats)
+        for name, minv in mi.MANAGER_INVARIANTS.items():
+            if name in self.waived:
+                continue
+            if on_check:
+                on_check(name)
+            broken = minv.check(target_snap)
+            if broken:
+                raise self.fail(name, "target: " + "; ".join(broken))
+
+    def _check_spec(self, spec_obs: Observation, facts: _StepFacts) -> None:
+        """Every invariant on the spec's own state: a broken one is a spec error, or waived
+        when it assumes a discipline the sequence left.
+
+        Invariants are functions of a snapshot alone, so a snapshot equal to the last one
+        that held them holds them too: the pool's are not run again after a step that left
+        the spec's pool as it was (and handed out nothing), the manager's not after one
+        that left their whole snapshot as it was.
+        """
+        spec_snap = self._snapshot(spec_obs, facts.spec_hits, sm.prefix_cache_stats(self.spec))
         manager_names = [n for n in mi.MANAGER_INVARIANTS if n not in self.waived]
-        spec_broken = {
-            **check_pool(plain, [n for n in INVARIANTS if n != ALLOCATION_INVARIANT]),
-            **check_pool(masked, [ALLOCATION_INVARIANT]),
-            **mi.check_all(spec_snap, manager_names),
-        }
+        spec_broken: dict[str, list[str]] = {}
+        pool_key = None if facts.allocated else spec_obs.pool
+        if pool_key is None or pool_key != self._spec_pool_held:
+            plain, masked = _with_allocated(spec_obs.pool, facts.allocated, spec_obs.tables,
+                                            spec_obs.hashes)
+            spec_broken.update(check_pool(plain, POOL_NAMES_BUT_ALLOCATION))
+            spec_broken.update(check_pool(masked, [ALLOCATION_INVARIANT]))
+        manager_key = (spec_snap, tuple(manager_names))
+        if manager_key != self._spec_manager_held:
+            spec_broken.update(mi.check_all(spec_snap, manager_names))
         for name, msgs in spec_broken.items():
             assumes = mi.MANAGER_INVARIANTS[name].assumes.get(self.profile.name) if (
                 name in mi.MANAGER_INVARIANTS) else None
@@ -674,27 +720,8 @@ class ManagerDriver:
                                 spec_error=True)
             self.waived[name] = (f"since step {len(self.steps)}, which leaves the usage "
                                  f"discipline it assumes ({assumes}): {'; '.join(msgs)}")
-        # Observations (hash bytes included) and lookup answers equal to the spec's, whose
-        # state holds every invariant (just checked), hold them too: then the target's
-        # invariants are not run again, only counted; they run to name what differs.
-        same = (self.config.compare_hashes and facts.target_hits == facts.spec_hits
-                and not _differences(spec_obs, target))
-        target_pools = _with_allocated(target.pool, facts.allocated, target.tables,
-                                       target.hashes)
-        for name, inv in INVARIANTS.items():
-            if self.on_check:
-                self.on_check(name)
-            broken = [] if same else inv.check(target_pools[name == ALLOCATION_INVARIANT])
-            if broken:
-                raise self.fail(name, "target: " + "; ".join(broken))
-        for name, minv in mi.MANAGER_INVARIANTS.items():
-            if name in self.waived:
-                continue
-            if self.on_check:
-                self.on_check(name)
-            broken = [] if same else minv.check(target_snap)
-            if broken:
-                raise self.fail(name, "target: " + "; ".join(broken))
+        self._spec_pool_held = pool_key
+        self._spec_manager_held = None if spec_broken else manager_key
 
     def compare_observations(
         self, target: Observation | None = None, spec: Observation | None = None
@@ -750,7 +777,8 @@ def _with_allocated(
     but only its request's own hash for that table position: the second snapshot hides
     that one from the invariant, and leaves any other hash (a stale one) for it to report.
     """
-    pool = dataclasses.replace(pool, allocated=allocated)
+    if pool.allocated != allocated:
+        pool = dataclasses.replace(pool, allocated=allocated)
     if not allocated:
         return pool, pool
     own: set[int] = set()

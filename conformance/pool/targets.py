@@ -103,11 +103,21 @@ class ImplPool:
     def get_usage(self) -> float:
         return self.pool.get_usage()
 
+    # Observations are read once per block after every checked step: a plain id in range
+    # reads the block directly; anything else goes through the pool's checks (and refusal).
+
     def ref_cnt(self, block_id: int) -> int:
+        blocks = self.pool.blocks
+        if block_id.__class__ is int and 0 <= block_id < len(blocks):
+            return blocks[block_id].ref_cnt
         return self._block(block_id, "ref_cnt").ref_cnt
 
     def block_hash(self, block_id: int) -> bytes | None:
-        key = self._block(block_id, "block_hash").block_hash
+        blocks = self.pool.blocks
+        if block_id.__class__ is int and 0 <= block_id < len(blocks):
+            key = blocks[block_id].block_hash
+        else:
+            key = self._block(block_id, "block_hash").block_hash
         return None if key is None else bytes(get_block_hash(key))
 
     def free_block_ids(self) -> list[int]:
