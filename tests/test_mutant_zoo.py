@@ -58,4 +58,4 @@ def test_kvspec_mutants_refuses_zero_jobs(capsys: pytest.CaptureFixture[str]) ->
     from kvspec.conformance.cli import main
 
     assert main(["mutants", "--jobs", "0", "forward-free"]) == 2
-    assert "--jobs 0, expected 1 or more" in capsys.readouterr().out
+    assert "--jobs 0, expected 1 or more" in capsys.readouterr().err
