@@ -11,6 +11,7 @@ LEVEL_MODULES: dict[str, str] = {
     "pool": "kvspec.conformance.pool.level:POOL",
     "manager": "kvspec.conformance.manager.level:MANAGER",
     "content": "kvspec.conformance.content.level:CONTENT",
+    "hybrid": "kvspec.conformance.hybrid.level:HYBRID",
 }
 LEVEL_NAMES = tuple(LEVEL_MODULES)
 

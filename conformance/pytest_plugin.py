@@ -10,9 +10,10 @@ every run and in every pytest-xdist worker (xdist requires that of every worker'
 collection).
 
 ``--kvspec-db DIR`` loads a Hypothesis settings profile whose example database is ``DIR``
-(on top of the profile already loaded), for runs that share examples through a shared
-folder; ``--kvspec-replay`` one that only replays what the database holds;
-``--kvspec-only`` collects nothing else (``kvspec fuzz`` uses all three).
+(on top of the profile already loaded, and random even under Hypothesis's CI profile), for
+runs that share examples through a shared folder; ``--kvspec-replay`` one that only
+replays what the database holds; ``--kvspec-only`` collects nothing else (``kvspec fuzz``
+uses all three).
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         changes: dict[str, Any] = {}
         if db is not None:
+            # Hypothesis's own CI profile (loaded when $CI is set) derandomizes and drops the
+            # database; a run that asks for a database wants examples saved and varied, and
+            # HypoFuzz refuses derandomized tests.
             changes["database"] = DirectoryBasedExampleDatabase(str(db))
+            changes["derandomize"] = False
         if replay:
             changes["phases"] = [Phase.explicit, Phase.reuse]
         settings.register_profile(RUN_PROFILE, parent=settings.default, **changes)

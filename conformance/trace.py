@@ -173,10 +173,19 @@ CONTENT_OPS: dict[str, tuple[str, ...]] = {
     "reset": (),
 }
 
+#: Hybrid-level operations (conformance/hybrid/protocol.py): the manager's, hits per group,
+#: and a KV connector's external computed tokens on ``allocate_slots``.
+HYBRID_OPS: dict[str, tuple[str, ...]] = {
+    **{op: args for op, args in MANAGER_OPS.items() if op != "add_request"},
+    "add_request": ("request_id", "prompt_token_ids"),
+    "allocate_slots": (*MANAGER_OPS["allocate_slots"], "num_external_computed_tokens"),
+}
+
 LEVEL_OPS: dict[str, dict[str, tuple[str, ...]]] = {
     "pool": POOL_OPS,
     "manager": MANAGER_OPS,
     "content": CONTENT_OPS,
+    "hybrid": HYBRID_OPS,
 }
 
 

@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Install upstream vLLM 0.33.0 into the active virtual environment, as a kvspec target.
+# Install upstream vLLM into the active virtual environment, as a kvspec target.
+#
+# Usage: scripts/install-vllm-target.sh [VERSION]   (0.33.0, the default, or 0.22.1)
+# 0.33.0 is the reference of the `current` profile; 0.22.1 is the release whose hybrid
+# coordinator kvspec's hybrid level catches handing one block to two groups
+# (docs/upstream-divergences.md). One venv holds one version.
 #
 # Why not `pip install vllm`: its requirements pull a multi-gigabyte CUDA stack (flashinfer,
 # cutlass, nvidia-* wheels, torch 2.14). kvspec drives only vllm.v1.core (BlockPool,
@@ -22,11 +27,20 @@
 # absent: nothing under vllm.v1.core imports them.
 set -euo pipefail
 
-VLLM_VERSION=0.33.0
+VLLM_VERSION="${1:-0.33.0}"
+case "$VLLM_VERSION" in
+  0.33.0|0.22.1) ;;
+  *) echo "install-vllm-target: version $VLLM_VERSION is not supported; expected 0.33.0 or 0.22.1" >&2
+     exit 2 ;;
+esac
 WHEELS="${KVSPEC_VLLM_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/kvspec/vllm-${VLLM_VERSION}-wheels}"
 
 # Exact pins, all inside vllm 0.33.0's Requires-Dist ranges where it names the package
 # (packages it does not name are the import-time dependencies of those it does).
+# 0.22.1 declares torch==2.11.0, but vllm.v1.core imports and runs on torch 2.13.0 CPU; its
+# other ranges admit the same pins (transformers>=4.56.0 but not 5.0-5.5.0, xgrammar<1.0,
+# llguidance<1.8, openai>=2.0, aiohttp>=3.13.3), plus gguf>=0.17.0, which it imports at
+# start-up. oss-harmony provides the openai_harmony module that it names openai-harmony.
 PINS=(
   "vllm==${VLLM_VERSION}"
   "xgrammar==0.2.8"             # vllm: ==0.2.8
@@ -82,6 +96,9 @@ PINS=(
   "py-cpuinfo==9.0.0"
   "partial-json-parser==0.2.1.1.post7"
 )
+if [ "$VLLM_VERSION" = "0.22.1" ]; then
+  PINS+=("gguf==0.17.1")
+fi
 
 python=python
 if ! "$python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then

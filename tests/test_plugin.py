@@ -170,3 +170,16 @@ def test_kvspec_check_replays_what_the_plugin_saved(pytester: pytest.Pytester) -
                       settings_name="ci", max_examples=1, database=db, progress=False,
                       exhaustive=False)
     assert check.failure is not None and check.examples_to_failure == 1
+
+
+def test_a_database_run_is_random_even_under_hypothesis_ci_profile(project, monkeypatch):
+    """Hypothesis loads its derandomizing CI profile where $CI is set; a run given a database
+    (as every kvspec fuzz campaign is) must still vary its examples, or HypoFuzz skips it."""
+    monkeypatch.setenv("CI", "true")
+    project.makepyfile(test_profile=(
+        "from hypothesis import settings\n\n"
+        "def test_loaded_profile():\n"
+        "    assert settings.default.derandomize is False\n"
+        "    assert settings.default.database is not None\n"))
+    assert run(project, "-n", "0").ret == 1  # the CI profile alone derandomizes
+    run(project, "-n", "0", "--kvspec-db", "db").assert_outcomes(passed=1)

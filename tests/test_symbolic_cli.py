@@ -14,7 +14,7 @@ def test_prove_proves_every_invariant_of_the_spec(capsys, tmp_path):
     out = capsys.readouterr().out
     for name in ("eviction-order", "no-double-allocation", "table-references"):
         assert f"{name} " in out
-    assert out.count("proved (induction)") == 10
+    assert out.count("proved by induction for N=3, R=2, L=2, H=3 (8-bit)") == 10
     assert "uncached-suffix-unhashed" in out  # the auxiliary invariants are listed
     assert list(tmp_path.iterdir()) == []
 
@@ -31,8 +31,8 @@ def test_prove_a_mutant_prints_numbered_steps_and_writes_a_trace(capsys, tmp_pat
                    "--invariant", "eviction-order", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "counterexample of length 5" in out
-    assert "  5. free(r0)" in out
+    assert "counterexample of length 4" in out
+    assert "  1. allocate2(r0)" in out and "  4. free(r0)" in out
     path = tmp_path / "prove-forward-free-current-eviction-order.json"
     trace = Trace.load(path)
     assert trace.steps[-1].op == "free_blocks"
@@ -44,7 +44,7 @@ def test_prove_finds_a_mutant_that_breaks_no_invariant_by_its_divergence(capsys,
                    "--table-len", "2", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert out.count("proved (induction)") == 10
+    assert out.count("proved by induction for N=3, R=2, L=2, H=3 (8-bit)") == 10
     assert "differs-from-spec      counterexample of length 2" in out
     assert "free queue [1, 2] vs [2, 1]" in out
     assert [p.name for p in tmp_path.iterdir()] == [

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or a ManagerTarget",
     )
     parser.add_argument(
-        "--level", choices=["pool", "manager", "content", "all"], default="all",
+        "--level", choices=["pool", "manager", "content", "hybrid", "all"], default="all",
         help="which level to check (default all: pool, then manager where the target has one; "
         "content, which needs torch, only when asked for)",
     )
@@ -222,7 +222,7 @@ def run_level(args: argparse.Namespace, level: str) -> int:
         target_name=args.target,
         level=lv,
         profile=args.profile,
-        mode="strict" if level == "manager" else args.mode,
+        mode="strict" if level in ("manager", "hybrid") else args.mode,
         settings_name=args.settings,
         max_examples=args.max_examples,
         steps=args.steps,

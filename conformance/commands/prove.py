@@ -29,6 +29,13 @@ DEFAULT_OUT = Path(".kvspec/traces")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", choices=("pool", "manager"), default="pool",
+                        help="pool: the pool invariants over request operations (default); "
+                             "manager: hit-cap and table-covers-computed over tokens")
+    parser.add_argument("--block-size", type=int, default=2, metavar="B",
+                        help="tokens per block, manager level (default 2)")
+    parser.add_argument("--max-tokens", type=int, default=4, metavar="T",
+                        help="most tokens a request holds, manager level (default 4)")
     parser.add_argument("--blocks", type=int, default=4, metavar="N",
                         help="pool size N, the null block included (default 4)")
     parser.add_argument("--requests", type=int, default=2, metavar="R",
@@ -37,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest block table (default 3)")
     parser.add_argument("--hashes", type=int, default=3, metavar="H",
                         help="number of content hashes, a heap-numbered tree (default 3)")
+    parser.add_argument("--no-caching", action="store_true",
+                        help="the pool with prefix caching off (enable_caching=False)")
     parser.add_argument("--depth", type=int, default=8, metavar="K",
                         help="deepest bounded model checking depth (default 8)")
     parser.add_argument("--invariant", action="append", metavar="NAME",
@@ -54,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "first depth where any invariant breaks)")
     parser.add_argument("--one-shot", action="store_true",
                         help="a fresh solver per query instead of push/pop")
+    parser.add_argument("--cross-check-worlds", type=int, default=60, metavar="W",
+                        help="worlds of the spec cross-checked against z3 before any proof, "
+                             "besides the first world of each path (default 60)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help=f"where counterexample traces go (default {DEFAULT_OUT})")
 
@@ -77,7 +89,7 @@ def counterexample_trace(cfg: ModelConfig, cex: Counterexample, mutant: str | No
         level="pool",
         config={
             "num_blocks": cfg.num_blocks,
-            "enable_caching": True,
+            "enable_caching": cfg.enable_caching,
             "profile": cfg.profile.name,
         },
         steps=steps,
@@ -119,14 +131,49 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
     ]
 
 
+def _qualifier(cfg: ModelConfig, width: int, name: str) -> str:
+    """What a "proved" row is a proof of: this finite instance of the model, which was
+    cross-checked against the spec before the proof ran."""
+    from kvspec.spec.symbolic.model import DISCIPLINED
+
+    where = (f"N={cfg.num_blocks}, R={cfg.num_requests}, L={cfg.table_len}, "
+             f"H={cfg.num_hashes} ({width}-bit)"
+             + ("" if cfg.enable_caching else ", caching off"))
+    scope = ", under the chain discipline" if name in DISCIPLINED else ""
+    return f"for {where}{scope}, model cross-checked against spec"
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        where = _PROGRESS.get("where", "before any result")
+        print(f"\nkvspec prove: interrupted at {where}; nothing above is a result")
+        return 130
+
+
+#: Where the run is, for the message an interrupt prints.
+_PROGRESS: dict[str, str] = {}
+
+#: Exit statuses: a check before any proof failed, or z3 and the spec drifted apart.
+MODEL_ERROR = 3
+
+
+def _run(args: argparse.Namespace) -> int:
     from kvspec.spec.profiles import get_profile
     from kvspec.spec.symbolic import bmc as bmc_mod
     from kvspec.spec.symbolic import induction
     from kvspec.spec.symbolic.encoding import AUXILIARY_MEANING
-    from kvspec.spec.symbolic.model import ModelConfig
+    from kvspec.spec.symbolic.model import NOT_MODELLED, REQUEST_INVARIANTS, ModelConfig
+    from kvspec.spec.symbolic.sanity import sanity_check, strengthening_failures
     from kvspec.spec.symbolic.twins import MUTANTS, get_mutant
 
+    _PROGRESS.clear()
+    if args.level == "manager":
+        from kvspec.conformance.commands import prove_manager
+
+        _PROGRESS["where"] = "the manager-level proof"
+        return prove_manager.run(args)
     if args.list_mutants:
         width = max(len(n) for n in MUTANTS)
         for m in MUTANTS.values():
@@ -138,10 +185,13 @@ def run(args: argparse.Namespace) -> int:
         profile = get_profile(args.profile or (mutant.profile if mutant else None) or "current")
         cfg = ModelConfig(
             num_blocks=args.blocks, num_requests=args.requests, table_len=args.table_len,
-            num_hashes=args.hashes, profile=profile,
+            num_hashes=args.hashes, profile=profile, enable_caching=not args.no_caching,
         )
         if args.depth < 0:
             raise ValueError(f"--depth must be at least 0, got {args.depth}")
+        if args.cross_check_worlds < 1:
+            raise ValueError(
+                f"--cross-check-worlds must be at least 1, got {args.cross_check_worlds}")
         every = bmc_mod.all_invariant_names(cfg)
         names = args.invariant or every
         unknown = sorted(set(names) - set(every))
@@ -156,44 +206,80 @@ def run(args: argparse.Namespace) -> int:
     print(f"  model: {'mutant ' + mname + ': ' + mutant.summary if mutant else 'the spec'}")
     print(f"  bounded model checking to depth {args.depth}; induction "
           f"{'on' if args.induction else 'off'}")
+    print("  not modelled (the machines of kvspec check do these):")
+    for what, why in NOT_MODELLED.items():
+        print(f"    - {what}: {why}")
+    print(f"  model-only invariants (over the modelled requests): "
+          f"{', '.join(REQUEST_INVARIANTS)}")
+
+    _PROGRESS["where"] = "the checks before any proof"
+    sanity = sanity_check(cfg, mname, max_worlds=args.cross_check_worlds)
+    for line in sanity.describe():
+        print(f"  {line}")
+    if not sanity.ok:
+        _refuse(sanity.failures)
+        return MODEL_ERROR
 
     results: dict[str, Result] = {}
     assume: list[str] = []
     report = None
+    width = induction.DEFAULT_WIDTH
     if args.induction:
+        _PROGRESS["where"] = "the induction proof"
         report = induction.prove(cfg, names, mname)
-        for name, method in report.proved.items():
-            results[name] = bmc_mod.Result(name, "proved", -1, report.seconds[name], None, method)
+        failed = strengthening_failures(cfg, sanity.worlds, report.survivors, mname)
+        if failed:
+            _refuse(failed)
+            return MODEL_ERROR
+        for name in report.proved:
+            results[name] = bmc_mod.Result(
+                name, "proved", -1, report.seconds[name], None,
+                f"by induction {_qualifier(cfg, width, name)}")
         assume = induction.lemma_names(report)
     todo = [n for n in names if n not in results]
-    if todo:
-        started = time.monotonic()
-        found = bmc_mod.bmc(cfg, mname, todo, args.depth, incremental=not args.one_shot,
-                            assume=assume, stop_at_first=not args.all_counterexamples)
-        results.update(found)
-        if report is not None:
-            # k-induction for what held to the full depth: BMC covered the base case.
-            for name in todo:
-                r = results[name]
-                if r.status != "holds" or r.depth < args.depth:
-                    continue
-                for k in range(2, min(4, args.depth + 1) + 1):
-                    verdict = induction.k_induction(cfg, name, report.survivors, k, mname)
-                    if str(verdict) == "unsat":
-                        r.status, r.method = "proved", f"{k}-induction"
-                        break
-                r.seconds = time.monotonic() - started
+    try:
+        if todo:
+            started = time.monotonic()
+            _PROGRESS["where"] = "depth 0 of bounded model checking"
 
-    shown = list(names)
-    if mutant is not None:
-        # A bug may break no invariant and still be visible to a caller: also look for
-        # the shortest sequence after which the mutant and the spec differ.
-        spec_lemmas: list[str] = []
-        if args.induction:
-            spec_lemmas = induction.lemma_names(induction.prove(cfg, every, None))
-        results[bmc_mod.DIVERGENCE] = bmc_mod.divergence(cfg, mname, args.depth,
-                                                          assume=spec_lemmas)
-        shown.append(bmc_mod.DIVERGENCE)
+            def progress(k: int, _seconds: float) -> None:
+                _PROGRESS["where"] = f"depth {k + 1} of bounded model checking"
+
+            found = bmc_mod.bmc(cfg, mname, todo, args.depth, incremental=not args.one_shot,
+                                assume=assume, stop_at_first=not args.all_counterexamples,
+                                on_depth=progress)
+            results.update(found)
+            bits = bmc_mod.width_for(cfg, args.depth)
+            if report is not None:
+                # k-induction for what held to the full depth: BMC covered the base case.
+                for name in todo:
+                    r = results[name]
+                    if r.status != "holds" or r.depth < args.depth:
+                        continue
+                    _PROGRESS["where"] = f"k-induction of {name}"
+                    for k in range(2, min(4, args.depth + 1) + 1):
+                        verdict = induction.k_induction(cfg, name, report.survivors, k, mname)
+                        if str(verdict) == "unsat":
+                            r.status = "proved"
+                            r.method = f"by {k}-induction {_qualifier(cfg, bits, name)}"
+                            break
+                    r.seconds = time.monotonic() - started
+
+        shown = list(names)
+        if mutant is not None:
+            # A bug may break no invariant and still be visible to a caller: also look for
+            # the shortest sequence after which the mutant and the spec differ.
+            spec_lemmas: list[str] = []
+            if args.induction:
+                _PROGRESS["where"] = "the induction proof of the spec"
+                spec_lemmas = induction.lemma_names(induction.prove(cfg, every, None))
+            _PROGRESS["where"] = "the search for a divergence from the spec"
+            results[bmc_mod.DIVERGENCE] = bmc_mod.divergence(cfg, mname, args.depth,
+                                                              assume=spec_lemmas)
+            shown.append(bmc_mod.DIVERGENCE)
+    except bmc_mod.ModelDrift as exc:
+        _refuse([f"model drift found while decoding a counterexample: {exc}"])
+        return MODEL_ERROR
     rows = [(n, results[n].describe(), f"{results[n].seconds:.2f}") for n in shown]
     print()
     print("\n".join(_table(rows)))
@@ -214,3 +300,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n  no counterexample: the {mname} mutant survives to depth {args.depth}")
         return 1
     return 1 if broken and mutant is None else 0
+
+
+def _refuse(failures: list[str]) -> None:
+    print("\nkvspec prove: refusing to prove anything; a check of the model failed:")
+    for f in failures:
+        print(f"  - {f}")

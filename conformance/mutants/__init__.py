@@ -10,6 +10,7 @@ names its twin (``kvspec prove --mutant NAME``).
 from __future__ import annotations
 
 from kvspec.conformance.mutants import pool as pool_mutants
+from kvspec.conformance.mutants.hybrid import HYBRID_MUTANTS
 from kvspec.conformance.mutants.manager import MANAGER_MUTANTS
 from kvspec.conformance.mutants.store_zoo import STORE_MUTANTS
 from kvspec.conformance.mutants.zoo import MUTANTS, Mutant, register
@@ -59,6 +60,7 @@ POOL_MUTANTS: list[Mutant] = [
 register(POOL_MUTANTS)
 
 register(MANAGER_MUTANTS)
+register(HYBRID_MUTANTS)
 # The store mutants' classes need torch: they load only when a content check runs them.
 register(STORE_MUTANTS)
 

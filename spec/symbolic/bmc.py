@@ -31,14 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import z3
+from kvspec.spec.symbolic import encoding
 from kvspec.spec.symbolic.encoding import (
     SymState,
     auxiliary_terms,
-    initial,
     invariant_terms,
     observation_differs,
-    step_terms,
-    transition,
+    raise_if_interrupted,
     usage_numerator,
 )
 from kvspec.spec.symbolic.explicit import (
@@ -81,13 +80,15 @@ class Result:
     seconds: float
     counterexample: Counterexample | None = None
     method: str = ""
+    #: Why a search stopped short of its depth ("" when it reached it).
+    stopped: str = ""
 
     def describe(self) -> str:
         if self.status == "counterexample":
             return f"counterexample of length {self.depth}"
         if self.status == "proved":
-            return f"proved ({self.method})" if self.method else "proved"
-        return f"holds to depth {self.depth}"
+            return f"proved {self.method}" if self.method else "proved"
+        return f"holds to depth {self.depth}" + (f" ({self.stopped})" if self.stopped else "")
 
 
 DEFAULT_WIDTH = 8
@@ -167,13 +168,13 @@ class _Unrolling:
         s0 = SymState(self.cfg, "0", self.width)
         self.states = [s0]
         self.terms = [self._terms(s0)]
-        return initial(s0)
+        return encoding.initial(s0)
 
     def grow(self, symmetry: bool) -> list[z3.ExprRef]:
         k = len(self.states)
         s = SymState(self.cfg, str(k), self.width)
         op = s.op_var(f"op@{k}")
-        out = transition(self.states[-1], s, op, self.mutant)
+        out = encoding.transition(self.states[-1], s, op, self.mutant)
         self.states.append(s)
         self.op_vars.append(op)
         self.terms.append(self._terms(s))
@@ -322,8 +323,14 @@ def bmc(
             on_depth(k, time.monotonic() - started)
         if not open_names or (stop_at_first and any(n in names for n in broken)):
             break
+    stopped = ""
+    if checked < max_depth:
+        first_break = stop_at_first and any(r.status == "counterexample" for r in results.values())
+        stopped = ("search stopped where another invariant broke" if first_break
+                   else "time limit reached")
     for name in open_names:
-        results[name] = Result(name, "holds", checked, time.monotonic() - started)
+        results[name] = Result(name, "holds", checked, time.monotonic() - started,
+                               stopped=stopped)
     return {n: results[n] for n in names}
 
 
@@ -360,6 +367,11 @@ def _ask(
         solver.push()
         solver.add(query)
         verdict = solver.check()
+        if verdict == z3.unknown:
+            solver.pop()
+            if deadline is None or time.monotonic() < deadline:
+                raise_if_interrupted(solver)
+            return verdict, None
         model = solver.model() if verdict == z3.sat and want_model else None
         solver.pop()
         return verdict, model
@@ -367,6 +379,8 @@ def _ask(
     fresh.add(*background)
     fresh.add(query)
     verdict = fresh.check()
+    if verdict == z3.unknown and (deadline is None or time.monotonic() < deadline):
+        raise_if_interrupted(fresh)
     return verdict, (fresh.model() if verdict == z3.sat and want_model else None)
 
 
@@ -414,8 +428,8 @@ def divergence(
             spec_post = SymState(cfg, f"{k}spec", width)
             mutant_post = SymState(cfg, f"{k}mut", width)
             op = pre.op_var(f"op@{k}last")
-            ok_spec, defs_spec = step_terms(pre, spec_post, op, None)
-            ok_mutant, defs_mutant = step_terms(pre, mutant_post, op, mutant)
+            ok_spec, defs_spec = encoding.step_terms(pre, spec_post, op, None)
+            ok_mutant, defs_mutant = encoding.step_terms(pre, mutant_post, op, mutant)
             op_vars = [*unroll.op_vars, op]
             query = [*defs_spec, *defs_mutant, z3.Or(
                 ok_spec != ok_mutant,
@@ -433,7 +447,8 @@ def divergence(
         if 0 < k < max_depth:
             solver.add(*unroll.grow(symmetry))
             solver.add(*[unroll.terms[-1][a] for a in assume])
-    return Result(DIVERGENCE, "holds", checked, time.monotonic() - started)
+    return Result(DIVERGENCE, "holds", checked, time.monotonic() - started,
+                  stopped="" if checked == max_depth else "time limit reached")
 
 
 def _decode_divergence(

@@ -11,7 +11,8 @@ no" otherwise. The tests ask this of many random reachable worlds and operations
 from __future__ import annotations
 
 import z3
-from kvspec.spec.symbolic.encoding import SymState, auxiliary_terms, transition
+from kvspec.spec.symbolic import encoding
+from kvspec.spec.symbolic.encoding import SymState, auxiliary_terms
 from kvspec.spec.symbolic.explicit import World, step
 from kvspec.spec.symbolic.model import ModelConfig, all_ops
 from kvspec.spec.symbolic.twins import get_mutant, semantics_of
@@ -31,6 +32,51 @@ def _index_key(cfg: ModelConfig, w: World, b: int) -> int:
         if b in holders:
             return cfg.hash_of_bytes(h)
     return 0
+
+
+def world_values(cfg: ModelConfig, w: World) -> tuple[dict[str, int | bool], set[str]]:
+    """The value of every encoding variable (tag-free names, as
+    :meth:`SymState.variables` yields them) for world ``w``, and the names a caller can
+    observe: counts, hashes, queue membership and order, index keys and order among
+    holders of one hash, hand-outs, tables up to their length. (The order between two
+    blocks that are not both queued, say, is bookkeeping nobody reads.)"""
+    n = cfg.num_blocks
+    queue = w.pool.free_queue
+    pos = {b: i for i, b in enumerate(queue)}
+    rank = _insertion_rank(w)
+    allocated = dict(w.allocated)
+    values: dict[str, int | bool] = {}
+    seen: set[str] = set()
+    for b in range(n):
+        values[f"ref[{b}]"] = w.pool.ref_cnt[b]
+        values[f"hash[{b}]"] = cfg.hash_of_bytes(w.pool.block_hash[b])
+        values[f"inq[{b}]"] = b in pos
+        values[f"idx[{b}]"] = _index_key(cfg, w, b)
+        values[f"handed[{b}]"] = b in allocated
+        values[f"before[{b}]"] = allocated.get(b, 0)
+        seen |= {f"ref[{b}]", f"hash[{b}]", f"inq[{b}]", f"idx[{b}]", f"handed[{b}]"}
+        if b in allocated:
+            seen.add(f"before[{b}]")
+    for a in range(n):
+        for b in range(a + 1, n):
+            values[f"ahead[{a}][{b}]"] = pos[a] < pos[b] if a in pos and b in pos else True
+            values[f"older[{a}][{b}]"] = rank[a] < rank[b] if a in rank and b in rank else True
+            if a in pos and b in pos:
+                seen.add(f"ahead[{a}][{b}]")
+            if a in rank and b in rank and values[f"idx[{a}]"] == values[f"idx[{b}]"]:
+                seen.add(f"older[{a}][{b}]")
+    for q, table in enumerate(w.tables):
+        values[f"len[{q}]"] = len(table)
+        values[f"nc[{q}]"] = w.ncached[q]
+        values[f"last[{q}]"] = w.rlast[q]
+        seen |= {f"len[{q}]", f"nc[{q}]", f"last[{q}]"}
+        for j in range(cfg.table_len):
+            values[f"tbl[{q}][{j}]"] = table[j] if j < len(table) else 0
+            if j < len(table):
+                seen.add(f"tbl[{q}][{j}]")
+    values["disc"] = w.disciplined
+    seen.add("disc")
+    return values, seen
 
 
 def fix_state(s: SymState, w: World) -> list[z3.ExprRef]:
@@ -61,6 +107,7 @@ def fix_state(s: SymState, w: World) -> list[z3.ExprRef]:
         out += [s.len[q] == len(table), s.nc[q] == w.ncached[q], s.last[q] == w.rlast[q]]
         for j in range(cfg.table_len):
             out.append(s.tbl[q][j] == (table[j] if j < len(table) else 0))
+    out.append(s.disc == w.disciplined)
     return out
 
 
@@ -90,6 +137,7 @@ def observably_equal(s: SymState, w: World) -> z3.ExprRef:
     for q, table in enumerate(w.tables):
         eq += [s.len[q] == len(table), s.nc[q] == w.ncached[q], s.last[q] == w.rlast[q]]
         eq += [s.tbl[q][j] == b for j, b in enumerate(table)]
+    eq.append(s.disc == w.disciplined)
     return z3.And(eq)
 
 
@@ -109,7 +157,7 @@ def admits_exactly(
     solver = z3.SolverFor("QF_BV" if width else "QF_LIA")
     solver.add(*fix_state(pre, w))
     solver.add(op_var == op_index)
-    solver.add(*transition(pre, post, op_var, mutant, only=[op_index]))
+    solver.add(*encoding.transition(pre, post, op_var, mutant, only=[op_index]))
     verdict = solver.check()
     if expected is None:
         if verdict != z3.unsat:

@@ -42,6 +42,19 @@ from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
 Expr = z3.ExprRef
 
 
+def _number(v: Expr) -> int:
+    return v.as_signed_long() if z3.is_bv_value(v) else v.as_long()
+
+
+def raise_if_interrupted(solver: z3.Solver) -> None:
+    """z3 answers "unknown" when Ctrl-C reaches it inside a query (it catches the signal
+    itself); turn that back into the ``KeyboardInterrupt`` it was, so that no caller
+    mistakes an interrupted search for a finished one."""
+    reason = solver.reason_unknown()
+    if "cancel" in reason or "interrupt" in reason:
+        raise KeyboardInterrupt(reason)
+
+
 def _sel(values: list[Expr], index: Expr, default: Expr | None = None) -> Expr:
     """``values[index]`` for a symbolic index, as an ``If`` chain."""
     out = values[-1] if default is None else default
@@ -74,6 +87,7 @@ class SymState:
         self.len = ints("len", r)
         self.nc = ints("nc", r)
         self.last = ints("last", r)
+        self.disc = z3.Bool(f"disc@{tag}")
         self._cache: dict[str, object] = {}
 
     # ------------------------------------------------------------ numbers of either sort
@@ -127,6 +141,7 @@ class SymState:
             yield f"len[{q}]", self.len[q]
             yield f"nc[{q}]", self.nc[q]
             yield f"last[{q}]", self.last[q]
+        yield "disc", self.disc
 
     # ------------------------------------------------------------ derived terms (memoised)
 
@@ -231,6 +246,7 @@ def initial(s: SymState) -> list[Expr]:
     for q in range(cfg.num_requests):
         out += [s.len[q] == 0, s.nc[q] == 0, s.last[q] == 0]
         out += [v == 0 for v in s.tbl[q]]
+    out.append(s.disc)
     return out
 
 
@@ -290,13 +306,21 @@ class _Ops:
 
     def _free(self, e: _Effect, counts: list[Expr], position: list[Expr]) -> Expr:
         """``free_blocks`` of a batch given as per-block counts and the batch position at
-        which each block would reach 0 (smaller = earlier). Returns the spec's guard."""
+        which each block would reach 0 (smaller = earlier). Returns the spec's guard.
+
+        A block whose count is the constant 0 is not in the batch: its count, queue
+        membership and order among unfreed blocks stay as they are, and no term is built
+        for them (a stray free lists one block; building all N^2 order terms for each of
+        the N stray frees dominated the construction of the relation)."""
         s, n = self.s, self.n
-        guard = z3.And([s.ref[b] - counts[b] >= 0 for b in range(1, n)])
+        listed = [not (z3.is_bv_value(c) or z3.is_int_value(c)) or _number(c) != 0
+                  for c in counts]
+        guard = z3.And([s.ref[b] - counts[b] >= 0 for b in range(1, n) if listed[b]])
         trusting = None
         if self.m == "free-of-ref0-goes-negative":
             # Any non-null block at <= 0: decrement all non-null blocks, queue nothing.
-            trusting = z3.Or([z3.And(counts[b] > 0, s.ref[b] <= 0) for b in range(1, n)])
+            trusting = z3.Or([z3.And(counts[b] > 0, s.ref[b] <= 0)
+                              for b in range(1, n) if listed[b]])
             guard = z3.Or(trusting, guard)
         newly: list[Expr] = [z3.BoolVal(False)] * n
         appended: list[Expr] = [z3.BoolVal(False)] * n
@@ -306,6 +330,8 @@ class _Ops:
                 if trusting is not None and self.counts_null:
                     new_ref = z3.If(trusting, s.ref[0], new_ref)
                 e.updates["ref[0]"] = new_ref
+                continue
+            if not listed[b]:
                 continue
             new_ref = s.ref[b] - counts[b]
             reaches_zero = z3.And(counts[b] > 0, new_ref == 0)
@@ -318,19 +344,25 @@ class _Ops:
             e.updates[f"inq[{b}]"] = z3.Or(s.inq[b], reaches_zero)
         # New order: prepended blocks, then the old queue, then appended blocks; inside
         # each part, batch order.
-        for a in range(n):
-            for b in range(n):
-                if a == b:
+        for a in range(n):  # one variable per pair a < b (see SymState._relation)
+            for b in range(a + 1, n):
+                if not (listed[a] or listed[b]):
                     continue
                 prepended_a = z3.And(newly[a], z3.Not(appended[a]))
-                both = z3.If(
-                    appended[a] == appended[b], position[a] < position[b], prepended_a
-                )
-                e.updates[f"ahead[{a}][{b}]"] = z3.If(
-                    z3.And(newly[a], newly[b]), both,
-                    z3.If(newly[a], prepended_a,
-                          z3.If(newly[b], appended[b], s.ahead[a][b])),
-                )
+                if not listed[b]:
+                    value = z3.If(newly[a], prepended_a, s.ahead[a][b])
+                elif not listed[a]:
+                    value = z3.If(newly[b], appended[b], s.ahead[a][b])
+                else:
+                    both = z3.If(
+                        appended[a] == appended[b], position[a] < position[b], prepended_a
+                    )
+                    value = z3.If(
+                        z3.And(newly[a], newly[b]), both,
+                        z3.If(newly[a], prepended_a,
+                              z3.If(newly[b], appended[b], s.ahead[a][b])),
+                    )
+                e.updates[f"ahead[{a}][{b}]"] = value
         if self.m == "null-returned-to-queue":
             joins = z3.And(counts[0] > 0, z3.Not(s.inq[0]))
             e.updates["inq[0]"] = z3.Or(s.inq[0], joins)
@@ -356,6 +388,50 @@ class _Ops:
         self._append_to_table(e, q, y)
         return e
 
+    def allocate2(self, q: int) -> _Effect:
+        """``get_new_blocks(2)``: the two queued blocks nearest the front, front first."""
+        s, n = self.s, self.n
+        rank = [s.count([z3.And(s.inq[c], s.ahead[c][b]) for c in range(n) if c != b])
+                for b in range(n)]
+        first = [z3.And(s.inq[b], rank[b] == 0) for b in range(n)]
+        second = [z3.And(s.inq[b], rank[b] == 1) for b in range(n)]
+        # Exactly one block at each of the two ranks: true of every queue the spec
+        # builds; an order with a cycle (which no reachable state has) disables the pop,
+        # as it disables allocate's.
+        e = _Effect(z3.And(s.len[q] + 2 <= self.cfg.table_len, s.num_free >= 2,
+                           s.count(first) == 1, s.count(second) == 1))
+        for b in range(n):
+            popped = z3.Or(first[b], second[b])
+            e.updates[f"inq[{b}]"] = z3.And(s.inq[b], z3.Not(popped))
+            e.updates[f"ref[{b}]"] = z3.If(popped, 1, s.ref[b])
+            e.updates[f"handed[{b}]"] = popped
+            if self.m not in ("stale-hash-on-reuse", "hash-cleared-after-ref-set"):
+                evict = z3.And(popped, s.hash[b] != 0, s.idx[b] == s.hash[b])
+                e.updates[f"hash[{b}]"] = z3.If(evict, 0, s.hash[b])
+                e.updates[f"idx[{b}]"] = z3.If(evict, 0, s.idx[b])
+        y1, y2 = block_id(s, first), block_id(s, second)
+        for j in range(self.cfg.table_len):
+            e.updates[f"tbl[{q}][{j}]"] = z3.If(
+                s.len[q] == j, y1, z3.If(s.len[q] + 1 == j, y2, s.tbl[q][j]))
+        e.updates[f"len[{q}]"] = s.len[q] + 2
+        return e
+
+    def free_tail(self, q: int) -> _Effect:
+        """``free_blocks([last block])``; the table drops it, and its cached prefix too
+        when the block was in it."""
+        s = self.s
+        x = _sel(s.tbl[q], s.len[q] - 1)
+        counts = [z3.If(x == b, s.const(1), s.const(0)) for b in range(self.n)]
+        position = [s.const(0) for _ in range(self.n)]
+        e = _Effect(z3.BoolVal(True))
+        guard = self._free(e, counts, position)
+        e.guard = z3.And(s.len[q] >= 1, guard)
+        e.updates[f"len[{q}]"] = s.len[q] - 1
+        uncache = s.nc[q] == s.len[q]
+        e.updates[f"nc[{q}]"] = z3.If(uncache, s.nc[q] - 1, s.nc[q])
+        e.updates[f"last[{q}]"] = z3.If(uncache, parent_term(s, s.last[q]), s.last[q])
+        return e
+
     def cache(self, q: int, h: int) -> _Effect:
         s = self.s
         x = _sel(s.tbl[q], s.nc[q])
@@ -370,12 +446,12 @@ class _Ops:
             if self.m == "collapse-duplicate-hash":
                 other = z3.If(s.idx[b] == h, 0, s.idx[b])
             e.updates[f"idx[{b}]"] = z3.If(is_x, h, other)
-        for a in range(self.n):  # x becomes the newest index entry
-            for b in range(self.n):
-                if a != b:
-                    e.updates[f"older[{a}][{b}]"] = z3.If(
-                        x == b, z3.BoolVal(True), z3.If(x == a, z3.BoolVal(False), s.older[a][b])
-                    )
+        is_x = [x == b for b in range(self.n)]
+        for a in range(self.n):  # x becomes the newest index entry (one variable per a < b)
+            for b in range(a + 1, self.n):
+                e.updates[f"older[{a}][{b}]"] = z3.Or(
+                    is_x[b], z3.And(z3.Not(is_x[a]), s.older[a][b])
+                )
         e.updates[f"nc[{q}]"] = s.nc[q] + 1
         e.updates[f"last[{q}]"] = s.const(h)
         return e
@@ -419,8 +495,18 @@ class _Ops:
         return e
 
     def fork(self, q: int) -> _Effect:
+        """``fork_block`` of the table's last block (the one the next token goes into)."""
+        return self._fork(q, None)
+
+    def fork_at(self, q: int, j: int) -> _Effect:
+        """``fork_block`` of the block at slot ``j`` before the last: a copy there leaves
+        the chain discipline (``disc`` turns false)."""
+        return self._fork(q, j)
+
+    def _fork(self, q: int, at: int | None) -> _Effect:
         s, cfg = self.s, self.cfg
-        x = _sel(s.tbl[q], s.len[q] - 1)
+        slot = s.len[q] - 1 if at is None else s.const(at)
+        x = _sel(s.tbl[q], slot)
         rx = s.ref_of(x)
         shared = rx > 1
         copy = shared
@@ -429,7 +515,8 @@ class _Ops:
             # An exclusive block is copied too, then freed: free_blocks([x]) queues it.
             exclusive_copy = z3.And(rx == 1, s.num_free >= 1)
             copy = z3.Or(shared, exclusive_copy)
-        e = _Effect(z3.And(s.len[q] >= 1, x != 0, rx > 0, z3.Or(rx == 1, s.num_free >= 1)))
+        held = s.len[q] >= 1 if at is None else s.len[q] - 1 > at
+        e = _Effect(z3.And(held, x != 0, rx > 0, z3.Or(rx == 1, s.num_free >= 1)))
         y = self._pop(e, copy)
         decrement = copy if self.m != "fork-without-decrement" else exclusive_copy
         for b in range(1, self.n):
@@ -449,12 +536,23 @@ class _Ops:
                         rest = e.updates.get(key, s.ahead[u][v])
                         e.updates[key] = z3.If(freed[b], value, rest)
         for j in range(cfg.table_len):
-            e.updates[f"tbl[{q}][{j}]"] = z3.If(
-                z3.And(copy, s.len[q] - 1 == j), y, s.tbl[q][j]
-            )
-        uncache = z3.And(copy, s.nc[q] == s.len[q])
-        e.updates[f"nc[{q}]"] = z3.If(uncache, s.nc[q] - 1, s.nc[q])
-        e.updates[f"last[{q}]"] = z3.If(uncache, parent_term(s, s.last[q]), s.last[q])
+            e.updates[f"tbl[{q}][{j}]"] = z3.If(z3.And(copy, slot == j), y, s.tbl[q][j])
+        if at is None:
+            uncache = z3.And(copy, s.nc[q] == s.len[q])
+            e.updates[f"nc[{q}]"] = z3.If(uncache, s.nc[q] - 1, s.nc[q])
+            e.updates[f"last[{q}]"] = z3.If(uncache, parent_term(s, s.last[q]), s.last[q])
+        else:
+            # The cached prefix ends before the copy: its last hash is the chain's
+            # ancestor at depth ``at``.
+            uncache = z3.And(copy, s.nc[q] > at)
+            ancestor: Expr = s.const(0)
+            for h in cfg.hashes:
+                chain = cfg.chain(h)
+                if at and len(chain) > at:
+                    ancestor = z3.If(s.last[q] == h, s.const(chain[at - 1]), ancestor)
+            e.updates[f"nc[{q}]"] = z3.If(uncache, s.const(at), s.nc[q])
+            e.updates[f"last[{q}]"] = z3.If(uncache, ancestor, s.last[q])
+            e.updates["disc"] = z3.And(s.disc, z3.Not(copy))
         return e
 
     def pad(self, q: int) -> _Effect:
@@ -488,9 +586,9 @@ class _Ops:
         return e
 
     def effect(self, op: Op) -> _Effect:
-        if op.kind in ("allocate", "free", "fork", "pad"):
+        if op.kind in ("allocate", "allocate2", "free", "free_tail", "fork", "pad"):
             return getattr(self, op.kind)(op.req)
-        if op.kind in ("cache", "hit"):
+        if op.kind in ("cache", "hit", "fork_at"):
             return getattr(self, op.kind)(op.req, op.arg)
         if op.kind == "reset":
             return self.reset()
@@ -622,7 +720,8 @@ def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
                 for b in range(n)
             ])
             order.append(z3.Implies(z3.And(s.inq[x], s.hash[x] == h), safe))
-    out["eviction-order"] = z3.And(order)
+    # Claimed only while the chain discipline it assumes is kept (spec/invariants.py).
+    out["eviction-order"] = z3.Implies(s.disc, z3.And(order))
     out["table-references"] = z3.And([s.ref[b] == s.slots(b) for b in non_null])
     chained: list[Expr] = []
     for q in range(cfg.num_requests):
@@ -662,10 +761,10 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
     out["shared-blocks-hashed"] = z3.And([
         z3.Implies(s.ref[b] > 1, s.hash[b] != 0) for b in range(1, n)
     ])
-    out["uncached-suffix-unhashed"] = z3.And([
+    out["uncached-suffix-unhashed"] = z3.Implies(s.disc, z3.And([
         z3.Implies(z3.And(s.nc[q] <= j, j < s.len[q]), s.hash_of(s.tbl[q][j]) == 0)
         for q in range(cfg.num_requests) for j in range(lim)
-    ])
+    ]))
     return out
 
 
@@ -673,5 +772,6 @@ AUXILIARY_MEANING: dict[str, str] = {
     "table-shape": "0 <= cached <= length <= L, and table entries are block ids",
     "values-in-range": "hashes, index keys and last hashes lie in 0..H",
     "shared-blocks-hashed": "a block held by two slots is hashed (only prefix hits share)",
-    "uncached-suffix-unhashed": "blocks past a table's cached prefix carry no hash",
+    "uncached-suffix-unhashed": (
+        "under the chain discipline, blocks past a table's cached prefix carry no hash"),
 }

@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kvspec.spec import pool as spec_pool
 from kvspec.spec.errors import Refused
-from kvspec.spec.invariants import check_all, snapshot
-from kvspec.spec.pool import NULL_BLOCK, PoolState, get_cached_block, init_pool
+from kvspec.spec.invariants import INVARIANTS, check_all, snapshot
+from kvspec.spec.pool import NULL_BLOCK, PoolState
 from kvspec.spec.symbolic.model import OP_MEANING, REQUEST_INVARIANTS, ModelConfig, Op, all_ops
 from kvspec.spec.symbolic.twins import SPEC, PoolSemantics
 
@@ -39,9 +40,13 @@ class World:
     rlast: tuple[int, ...]
     #: Blocks handed out by the step that produced this world, with their prior ref count.
     allocated: tuple[tuple[int, int], ...] = ()
+    #: Whether every step so far kept the chain discipline the ``assumes`` of an
+    #: invariant states (:data:`kvspec.spec.invariants.CHAIN_DISCIPLINE`).
+    disciplined: bool = True
 
     def key(self) -> tuple:
-        return (self.pool.key(), self.tables, self.ncached, self.rlast, self.allocated)
+        return (self.pool.key(), self.tables, self.ncached, self.rlast, self.allocated,
+                self.disciplined)
 
 
 @dataclass
@@ -53,7 +58,8 @@ class StepResult:
 def initial_world(cfg: ModelConfig) -> World:
     r = cfg.num_requests
     return World(
-        pool=init_pool(cfg.num_blocks, profile=cfg.profile),
+        pool=spec_pool.init_pool(cfg.num_blocks, profile=cfg.profile,
+                                  enable_caching=cfg.enable_caching),
         tables=((),) * r,
         ncached=(0,) * r,
         rlast=(0,) * r,
@@ -88,6 +94,7 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
     rl = list(w.rlast)
     calls: list[PoolCall] = []
     allocated: dict[int, int] = {}
+    disciplined = w.disciplined
     r = op.req
     limit = cfg.table_len
     if op.kind not in OP_MEANING:
@@ -101,6 +108,24 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
             (b,) = sem.get_new_blocks(s, 1)
             allocated = {b: before[b]}
             tables[r].append(b)
+        elif op.kind == "allocate2":
+            if len(tables[r]) + 2 > limit:
+                return None
+            before = list(s.ref_cnt)
+            calls.append(("get_new_blocks", {"num_blocks": 2}))
+            got = sem.get_new_blocks(s, 2)
+            allocated = {b: before[b] for b in got}
+            tables[r].extend(got)
+        elif op.kind == "free_tail":
+            if not tables[r]:
+                return None
+            x = tables[r][-1]
+            calls.append(("free_blocks", {"block_ids": [x]}))
+            sem.free_blocks(s, [x])
+            tables[r].pop()
+            if nc[r] > len(tables[r]):
+                nc[r] -= 1
+                rl[r] = cfg.parent(rl[r])
         elif op.kind == "cache":
             c = nc[r]
             if c >= len(tables[r]) or cfg.parent(op.arg) != rl[r]:
@@ -119,7 +144,7 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
             for h in cfg.chain(op.arg):
                 hb = cfg.hash_bytes(h)
                 calls.append(("get_cached_block", {"block_hash": hb}))
-                b = get_cached_block(s, hb)
+                b = spec_pool.get_cached_block(s, hb)
                 if b is None:
                     return None
                 hits.append(b)
@@ -148,6 +173,21 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
                 if nc[r] == len(tables[r]):
                     nc[r] -= 1
                     rl[r] = cfg.parent(rl[r])
+        elif op.kind == "fork_at":
+            j = op.arg
+            if j >= len(tables[r]) - 1:
+                return None
+            x = tables[r][j]
+            before = list(s.ref_cnt)
+            calls.append(("fork_block", {"block_id": x}))
+            y = sem.fork_block(s, x)
+            if y != x:
+                allocated = {y: before[y]}
+                tables[r][j] = y
+                disciplined = False
+                if nc[r] > j:
+                    nc[r] = j
+                    rl[r] = cfg.chain(rl[r])[j - 1] if j else 0
         elif op.kind == "pad":
             if len(tables[r]) >= limit:
                 return None
@@ -170,6 +210,7 @@ def step(cfg: ModelConfig, w: World, op: Op, sem: PoolSemantics = SPEC) -> StepR
         ncached=tuple(nc),
         rlast=tuple(rl),
         allocated=tuple(sorted(allocated.items())),
+        disciplined=disciplined,
     )
     return StepResult(world, calls)
 
@@ -218,8 +259,11 @@ def check_world(
 ) -> dict[str, list[str]]:
     """Every broken invariant (pool and request level) of ``w``, with its violations."""
     snap = replace(snapshot(w.pool, dict(w.allocated)), usage=sem.get_usage(w.pool))
-    pool_names = None if names is None else [n for n in names if n not in _REQUEST_CHECKS]
-    out = check_all(snap, pool_names) if pool_names is None or pool_names else {}
+    pool_names = [n for n in INVARIANTS if n not in _REQUEST_CHECKS] if names is None else [
+        n for n in names if n not in _REQUEST_CHECKS]
+    if not w.disciplined:  # out of scope, as the machines waive it
+        pool_names = [n for n in pool_names if INVARIANTS[n].assumes is None]
+    out = check_all(snap, pool_names) if pool_names else {}
     for name, fn in _REQUEST_CHECKS.items():
         if names is not None and name not in names:
             continue
@@ -361,3 +405,121 @@ def run_ops(
         worlds.append(res.world)
         calls.append(res.calls)
     return worlds, calls
+
+
+# --------------------------------------------------------------------------- symmetry
+
+
+def _hash_maps(cfg: ModelConfig) -> list[dict[int, int]]:
+    """The renamings of hashes that keep the hash tree (and so every operation) intact:
+    swapping two sibling hashes whose subtrees have the same shape, in any combination."""
+
+    def shape(h: int, depth: int) -> tuple:
+        if h > cfg.num_hashes or depth > cfg.table_len:
+            return ()
+        return (shape(2 * h, depth + 1), shape(2 * h + 1, depth + 1))
+
+    def subtree(h: int) -> list[int]:
+        return [] if h > cfg.num_hashes else [h, *subtree(2 * h), *subtree(2 * h + 1)]
+
+    maps: list[dict[int, int]] = [{h: h for h in range(cfg.num_hashes + 1)}]
+    for h in cfg.hashes:
+        sib = h + 1
+        if h % 2 or sib > cfg.num_hashes or cfg.depth(h) > cfg.table_len:
+            continue
+        if shape(h, cfg.depth(h)) != shape(sib, cfg.depth(h)):
+            continue
+        # The subtrees of h and sib are listed in the same (preorder) shape: pair them up.
+        swap = dict(zip(subtree(h), subtree(sib), strict=True))
+        swap.update({v: k for k, v in swap.items()})
+        maps += [{k: swap.get(v, v) for k, v in m.items()} for m in maps]
+    return maps
+
+
+def canonical_key(cfg: ModelConfig, w: World, hash_maps: list[dict[int, int]] | None = None
+                  ) -> tuple:
+    """A key equal for two worlds that differ only by a renaming of blocks, requests or
+    interchangeable hashes. No operation tells such worlds apart (blocks are handed out by
+    queue position, never by id; requests and sibling hashes are offered alike), so the
+    breadth-first search may keep one of each class: what one reaches, the others reach
+    renamed, breaking the same invariants at the same depth."""
+    from itertools import permutations
+
+    maps = hash_maps or _hash_maps(cfg)
+    p = w.pool
+    best: tuple | None = None
+    for perm in permutations(range(cfg.num_requests)):
+        tables = [w.tables[q] for q in perm]
+        order: dict[int, int] = {0: 0}
+        for b in [b for t in tables for b in t] + list(p.free_queue) + list(range(cfg.num_blocks)):
+            order.setdefault(b, len(order))
+        inverse = sorted(order, key=order.__getitem__)
+        for hm in maps:
+            hashes = [hm[cfg.hash_of_bytes(p.block_hash[b])] for b in inverse]
+            index = sorted((hm[cfg.hash_of_bytes(h)], tuple(order[b] for b in bs))
+                           for h, bs in p.cached.items())
+            key = (
+                tuple(p.ref_cnt[b] for b in inverse), tuple(hashes),
+                tuple(order[b] for b in p.free_queue), tuple(index),
+                tuple(tuple(order[b] for b in t) for t in tables),
+                tuple(w.ncached[q] for q in perm), tuple(hm[w.rlast[q]] for q in perm),
+                tuple(sorted((order[b], c) for b, c in w.allocated)), w.disciplined,
+            )
+            if best is None or key < best:
+                best = key
+    assert best is not None
+    return best
+
+
+@dataclass
+class SearchReport:
+    """What a breadth-first search covered: ``depth`` levels fully explored, ``worlds``
+    classes of worlds seen, ``complete`` when no new world was left (every reachable
+    world, up to renaming, was checked), and the first broken invariants if any."""
+
+    depth: int = -1
+    worlds: int = 0
+    complete: bool = False
+    broken: dict[str, list[str]] = field(default_factory=dict)
+    broken_at: int = -1
+
+
+def search(cfg: ModelConfig, max_depth: int, sem: PoolSemantics = SPEC, *,
+           symmetry: bool = True, deadline: float | None = None) -> SearchReport:
+    """Breadth-first over the executable model, checking every invariant on every world,
+    with symmetry reduction (:func:`canonical_key`) unless ``symmetry`` is off."""
+    import time
+
+    maps = _hash_maps(cfg)
+
+    def key(w: World) -> tuple:
+        return canonical_key(cfg, w, maps) if symmetry else w.key()
+
+    w0 = initial_world(cfg)
+    frontier = [w0]
+    seen = {key(w0)}
+    report = SearchReport(worlds=1)
+    for depth in range(max_depth + 1):
+        for w in frontier:
+            found = check_world(cfg, w, sem)
+            if found:
+                report.broken, report.broken_at = found, depth
+                return report
+        report.depth = depth
+        if depth == max_depth:
+            break
+        nxt: list[World] = []
+        for w in frontier:
+            if deadline is not None and time.monotonic() > deadline:
+                return report
+            for _op, res in successors(cfg, w, sem):
+                k = key(res.world)
+                if k not in seen:
+                    seen.add(k)
+                    nxt.append(res.world)
+        report.worlds = len(seen)
+        if not nxt:
+            report.complete = True
+            return report
+        frontier = nxt
+    return report

@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field
 
 import z3
+from kvspec.spec.symbolic import encoding
 from kvspec.spec.symbolic.encoding import (
     SymState,
     auxiliary_terms,
-    initial,
     invariant_terms,
-    transition,
+    raise_if_interrupted,
 )
 from kvspec.spec.symbolic.model import ModelConfig
 
@@ -73,7 +73,7 @@ def houdini(
     dropped: dict[str, str] = {}
 
     init = _solver(width)
-    init.add(*initial(s0))
+    init.add(*encoding.initial(s0))
     for name in list(alive):
         init.push()
         init.add(z3.Not(pre[name]))
@@ -82,7 +82,7 @@ def houdini(
             alive.remove(name)
         init.pop()
 
-    step = transition(s0, s1, s0.op_var("op@h"), mutant)
+    step = encoding.transition(s0, s1, s0.op_var("op@h"), mutant)
     # Each pass asserts the survivors as plain facts (faster than assumption literals)
     # and asks, candidate by candidate, whether one step can break it; every candidate
     # that can is dropped, and the pass repeats until none drops.
@@ -102,6 +102,8 @@ def houdini(
             verdict = solver.check()
             solver.pop()
             if verdict == z3.unknown:
+                if deadline is None or time.monotonic() < deadline:
+                    raise_if_interrupted(solver)
                 return alive, dropped, True
             if verdict == z3.sat:
                 failed.append(name)
@@ -134,10 +136,13 @@ def k_induction(
         solver.add(*[terms[n] for n in strengthening])
         if i < k:
             solver.add(terms[name])
-            solver.add(*transition(s, states[i + 1], s.op_var(f"op@k{i}"), mutant))
+            solver.add(*encoding.transition(s, states[i + 1], s.op_var(f"op@k{i}"), mutant))
         else:
             solver.add(z3.Not(terms[name]))
-    return solver.check()
+    verdict = solver.check()
+    if verdict == z3.unknown and (deadline is None or time.monotonic() < deadline):
+        raise_if_interrupted(solver)
+    return verdict
 
 
 def prove(

@@ -21,17 +21,29 @@ from kvspec.spec.errors import Refused
 from kvspec.spec.pool import NULL_BLOCK, PoolState
 
 
+def _spec(name: str) -> Callable:
+    """The spec's ``name``, looked up at call time: the model checker runs whatever
+    :mod:`kvspec.spec.pool` says *now*, so a change there (or a test's injected bug) reaches
+    the cross-check against z3 instead of a copy taken at import."""
+
+    def call(*args: object, **kwargs: object) -> object:
+        return getattr(pool, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
 @dataclass(frozen=True)
 class PoolSemantics:
     """The pool functions a request operation calls (defaults: the spec's own)."""
 
-    get_new_blocks: Callable[[PoolState, int], list[int]] = pool.get_new_blocks
-    touch: Callable[[PoolState, Sequence[int]], None] = pool.touch
-    free_blocks: Callable[[PoolState, Sequence[int]], None] = pool.free_blocks
-    cache_block: Callable[[PoolState, int, bytes, bytes | None], None] = pool.cache_block
-    reset_prefix_cache: Callable[[PoolState], bool] = pool.reset_prefix_cache
-    fork_block: Callable[[PoolState, int], int] = pool.fork_block
-    get_usage: Callable[[PoolState], float] = pool.get_usage
+    get_new_blocks: Callable[[PoolState, int], list[int]] = _spec("get_new_blocks")
+    touch: Callable[[PoolState, Sequence[int]], None] = _spec("touch")
+    free_blocks: Callable[[PoolState, Sequence[int]], None] = _spec("free_blocks")
+    cache_block: Callable[[PoolState, int, bytes, bytes | None], None] = _spec("cache_block")
+    reset_prefix_cache: Callable[[PoolState], bool] = _spec("reset_prefix_cache")
+    fork_block: Callable[[PoolState, int], int] = _spec("fork_block")
+    get_usage: Callable[[PoolState], float] = _spec("get_usage")
 
 
 SPEC = PoolSemantics()

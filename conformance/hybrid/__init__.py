@@ -1,0 +1,1 @@
+"""The hybrid level: several KV-cache groups sharing one block pool."""

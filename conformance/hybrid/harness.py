@@ -1,0 +1,351 @@
+"""The hybrid level's harness: the scheduler of a hybrid model, with a KV connector.
+
+It adds requests whose prompts share prefixes, looks them up and admits them with the hits
+and, sometimes, tokens a KV connector supplies past the hit (``num_external_computed_tokens``),
+runs prefill chunks and decode steps, preempts, finishes and aborts, and fills the pool so
+that admissions meet evictable hits at the front of the free queue. Every step goes
+through the :class:`~kvspec.conformance.hybrid.driver.HybridDriver`, which judges it.
+
+Why the arguments look the way they do:
+
+* prompts are a prefix of one of three token sequences (two share their first eight
+  tokens) plus a short tail, so hits, partial hits and hits that one group serves and
+  another does not are common; follow-up turns repeat a finished request's tokens;
+* pools of 6-40 blocks, 2-4 tokens per block and windows of 2-6 tokens: windows slide
+  within a short request, and pressure makes eviction, reuse and ``None`` common;
+* external tokens are at most the tokens left before the last one (the connector never
+  supplies the token whose logits are wanted), chosen from 0-5;
+* moves pick requests by ``index % len(...)`` and are listed simplest first.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kvspec.conformance.hybrid.driver import HybridConfig, HybridDriver, start_driver
+from kvspec.conformance.level import (
+    Domain,
+    Harness,
+    Recorder,
+    RunOptions,
+    integers,
+    move,
+    one_of,
+    sequences,
+)
+from kvspec.conformance.trace import Step
+from kvspec.spec import hybrid as sh
+
+PREFIXES: tuple[tuple[int, ...], ...] = (
+    (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12),
+    (1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 16),
+    (17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28),
+)
+TAIL_TOKENS = (31, 32)
+SAMPLED_TOKENS = (5, 31, 32)
+FILL_TOKEN = 40
+MAX_TOKENS = 20
+MAX_REQUESTS = 5
+
+SITUATIONS = (
+    "hit-in-every-group",
+    "hit-on-evictable-block",
+    "sliding-hit-with-nulls",
+    "external-tokens",
+    "window-slid",
+    "cannot-schedule",
+    "preemption",
+)
+
+
+@dataclass(frozen=True)
+class Sched:
+    request_id: str
+    state: str  # "waiting", "running" or "finished"
+    pending: int = 0
+
+
+def _has(state: str) -> Callable[[HybridHarness], bool]:
+    return lambda h: bool(h.with_state(state))
+
+
+def _prompt(rng: random.Random) -> tuple[int, ...]:
+    prefix = PREFIXES[rng.randrange(len(PREFIXES))][: rng.randint(0, len(PREFIXES[0]))]
+    return prefix + sequences(TAIL_TOKENS, 0, 3)(rng) or (TAIL_TOKENS[0],)
+
+
+INDEX = Domain(integers(0, 7))
+TOKEN = Domain(one_of(SAMPLED_TOKENS))
+LOOKAHEAD = Domain(integers(0, 2))
+EXTERNAL = Domain(one_of((0, 0, 1, 2, 3, 5)))
+CHUNK = Domain(integers(1, 12))
+
+
+class HybridHarness(Harness):
+    """The scheduler over a :class:`HybridDriver`; see the module docstring."""
+
+    driver: HybridDriver
+
+    def __init__(self, driver: HybridDriver, recorder: Recorder) -> None:
+        super().__init__(driver, recorder)
+        self.requests: list[Sched] = []
+
+    def key(self) -> Hashable:
+        return tuple(self.requests)
+
+    def copy_bookkeeping(self) -> HybridHarness:
+        twin = self.shallow_copy()
+        twin.requests = list(self.requests)
+        return twin
+
+    @property
+    def spec(self) -> sh.HybridState:
+        return self.driver.spec
+
+    def with_state(self, state: str) -> list[Sched]:
+        return [s for s in self.requests if s.state == state]
+
+    def pick(self, state: str, index: int) -> Sched:
+        chosen = self.with_state(state)
+        return chosen[index % len(chosen)]
+
+    def update(self, s: Sched, **changes: Any) -> Sched:
+        new = replace(s, **changes)
+        self.requests[self.requests.index(s)] = new
+        return new
+
+    def request(self, s: Sched) -> Any:
+        return self.driver.requests[s.request_id]
+
+    def has_room(self) -> bool:
+        return sum(1 for s in self.requests if s.state != "finished") < MAX_REQUESTS
+
+    def idle_running(self) -> list[Sched]:
+        return [s for s in self.with_state("running") if not s.pending]
+
+    # -------------------------------------------------------------- moves
+
+    @move(prompt=Domain(_prompt), weight=3, enabled=has_room)
+    def add(self, prompt: tuple[int, ...]) -> None:
+        """A new request arrives and waits."""
+        rid = f"r{len(self.requests)}"
+        if self.do("add_request", request_id=rid, prompt_token_ids=list(prompt)).refused is None:
+            self.requests.append(Sched(rid, "waiting"))
+
+    @move(index=INDEX, cut=Domain(integers(0, 3)), tail=Domain(sequences(TAIL_TOKENS, 0, 2)),
+          weight=2, enabled=lambda h: h.has_room() and bool(h.requests))
+    def add_like(self, index: int, cut: int, tail: tuple[int, ...]) -> None:
+        """A follow-up turn: an earlier request's tokens, minus ``cut``, plus a tail."""
+        old = self.request(self.requests[index % len(self.requests)])
+        tokens = list(old.all_token_ids)
+        self.add(tuple(tokens[: max(len(tokens) - cut, 1)]) + tail)
+
+    @move(index=INDEX, chunk=CHUNK, lookahead=LOOKAHEAD, external=EXTERNAL, weight=4,
+          enabled=_has("waiting"))
+    def admit(self, index: int, chunk: int, lookahead: int, external: int) -> None:
+        """Look a waiting request up, then admit it with its hits, ``external`` tokens from
+        the connector past the hit, and a chunk of new tokens. None leaves it waiting."""
+        s = self.pick("waiting", index)
+        req = self.request(s)
+        out = self.do("get_computed_blocks", request_id=s.request_id)
+        if out.refused is not None or out.result is None:
+            return
+        hits, num_hit = out.result
+        self._note_hits(hits, num_hit)
+        external = max(0, min(external, req.num_tokens - 1 - num_hit))
+        num_new = max(1, min(chunk, req.num_tokens - num_hit - external))
+        args: dict[str, Any] = {"num_new_tokens": num_new}
+        if num_hit:
+            args.update(num_new_computed_tokens=num_hit,
+                        new_computed_blocks=[list(g) for g in hits])
+        if lookahead:
+            args["num_lookahead_tokens"] = lookahead
+        if external:
+            args["num_external_computed_tokens"] = external
+            self.note("external-tokens")
+        if self.allocate(s, **args):
+            self.update(s, state="running", pending=num_hit + external + num_new)
+
+    def _note_hits(self, hits: list[list[int]], num_hit: int) -> None:
+        if not num_hit:
+            return
+        self.note("hit-in-every-group")
+        pool = self.spec.pool
+        if any(pool.ref_cnt[b] == 0 for g in hits for b in g if b != sh.NULL_BLOCK):
+            self.note("hit-on-evictable-block")
+        if any(sh.NULL_BLOCK in g for g in hits):
+            self.note("sliding-hit-with-nulls")
+
+    @move(index=INDEX, chunk=CHUNK, lookahead=LOOKAHEAD, weight=4,
+          enabled=lambda h: bool(h.idle_running()))
+    def step(self, index: int, chunk: int, lookahead: int) -> None:
+        """One step of a running request: a prefill chunk or one decode token."""
+        idle = self.idle_running()
+        s = idle[index % len(idle)]
+        req = self.request(s)
+        num_new = min(chunk, req.num_tokens - req.num_computed_tokens)
+        if num_new <= 0:
+            return
+        args = {"num_lookahead_tokens": lookahead} if lookahead else {}
+        if self.allocate(s, num_new_tokens=num_new, **args):
+            self.update(s, pending=num_new)
+
+    def allocate(self, s: Sched, **args: Any) -> bool:
+        nulls = sum(t.count(sh.NULL_BLOCK) for t in sh.get_block_ids(self.spec, s.request_id))
+        out = self.do("allocate_slots", request_id=s.request_id, **args)
+        if sum(t.count(sh.NULL_BLOCK) for t in sh.get_block_ids(self.spec, s.request_id)) > nulls:
+            self.note("window-slid")
+        if out.refused is None and out.result is None:
+            self.note("cannot-schedule")
+        return out.refused is None and out.result is not None
+
+    @move(index=INDEX, weight=4, enabled=lambda h: any(s.pending for s in h.requests))
+    def compute(self, index: int) -> None:
+        """The model (and the connector) computed what was scheduled."""
+        pending = [s for s in self.requests if s.pending]
+        s = pending[index % len(pending)]
+        req = self.request(s)
+        done = min(req.num_computed_tokens + s.pending, req.num_tokens)
+        if self.do("set_num_computed_tokens", request_id=s.request_id,
+                   num_computed_tokens=done).refused is None:
+            self.update(s, pending=0)
+
+    @move(index=INDEX, token=TOKEN, weight=3,
+          enabled=lambda h: any(h.done_computing(s) for s in h.idle_running()))
+    def sample(self, index: int, token: int) -> None:
+        """A request that computed all its tokens samples the next one."""
+        ready = [s for s in self.idle_running() if self.done_computing(s)]
+        s = ready[index % len(ready)]
+        self.do("append_output_tokens", request_id=s.request_id, token_ids=[token])
+
+    def done_computing(self, s: Sched) -> bool:
+        req = self.request(s)
+        return req.num_computed_tokens == req.num_tokens and req.num_tokens < MAX_TOKENS
+
+    @move(index=INDEX, weight=2, enabled=_has("running"))
+    def finish(self, index: int) -> None:
+        """A running request finishes: every group's table is freed, tail first."""
+        s = self.pick("running", index)
+        self.update(s, state="finished", pending=0)
+        self.do("free", request_id=s.request_id)
+
+    @move(index=INDEX, weight=2, enabled=_has("running"))
+    def preempt(self, index: int) -> None:
+        """Make room: free a running request and requeue it with nothing computed."""
+        s = self.pick("running", index)
+        self.note("preemption")
+        self.update(s, state="waiting", pending=0)
+        self.do("preempt", request_id=s.request_id)
+
+    @move(index=INDEX, enabled=_has("waiting"))
+    def abort(self, index: int) -> None:
+        """A waiting request is aborted (freeing a request without blocks is a no-op)."""
+        s = self.pick("waiting", index)
+        self.update(s, state="finished")
+        self.do("free", request_id=s.request_id)
+
+    @move(enabled=lambda h: any(x is not None for x in h.spec.pool.block_hash))
+    def reset(self) -> None:
+        """Reset the prefix cache (False while any block is held)."""
+        self.do("reset_prefix_cache")
+
+    # -------------------------------------------------------------- composite flows
+
+    @move(index=INDEX, chunk=CHUNK, lookahead=LOOKAHEAD, external=EXTERNAL, token=TOKEN,
+          weight=6, enabled=_has("waiting"))
+    def schedule(self, index: int, chunk: int, lookahead: int, external: int,
+                 token: int) -> None:
+        """A scheduler's whole turn for a waiting request: admit, compute, sample."""
+        s = self.pick("waiting", index)
+        self.admit(self.with_state("waiting").index(s), chunk, lookahead, external)
+        self.run_to_end_of_step(s.request_id, token)
+
+    @move(index=INDEX, chunk=CHUNK, lookahead=LOOKAHEAD, token=TOKEN, weight=6,
+          enabled=lambda h: bool(h.idle_running()))
+    def decode(self, index: int, chunk: int, lookahead: int, token: int) -> None:
+        """A running request's whole step: allocate, compute, sample or finish."""
+        idle = self.idle_running()
+        s = idle[index % len(idle)]
+        self.step(idle.index(s), chunk, lookahead)
+        self.run_to_end_of_step(s.request_id, token)
+
+    def run_to_end_of_step(self, request_id: str, token: int) -> None:
+        s = next(x for x in self.requests if x.request_id == request_id)
+        if not s.pending:
+            return
+        self.compute([x for x in self.requests if x.pending].index(s))
+        s = next(x for x in self.requests if x.request_id == request_id)
+        req = self.request(s)
+        if req.num_computed_tokens < req.num_tokens:
+            return
+        if req.num_tokens >= MAX_TOKENS:
+            self.finish(self.with_state("running").index(s))
+        else:
+            self.do("append_output_tokens", request_id=request_id, token_ids=[token])
+
+    @move(leave=Domain(integers(0, 4)), token=Domain(integers(0, 3)), weight=2,
+          enabled=has_room)
+    def fill(self, leave: int, token: int) -> None:
+        """A request of its own tokens takes all free blocks but about ``leave``: the pool
+        is then at the edge where capacity checks and eviction order decide everything."""
+        free = len(self.spec.pool.free_queue) - leave
+        per_token = sum(1 / g.block_size for g in self.spec.groups)
+        num_tokens = int(free / per_token)
+        if num_tokens <= 0:
+            return
+        self.add((FILL_TOKEN + token,) * num_tokens)
+        self.schedule(len(self.with_state("waiting")) - 1, num_tokens, 0, 0,
+                      SAMPLED_TOKENS[0])
+
+    @move(index=INDEX, leave=Domain(integers(0, 6)), cut=Domain(integers(0, 3)),
+          chunk=CHUNK, external=EXTERNAL, token=TOKEN, release=Domain(one_of((False, True))),
+          weight=3,
+          enabled=lambda h: bool(h.with_state("finished")) and
+          sum(1 for s in h.requests if s.state != "finished") < MAX_REQUESTS - 1)
+    def follow_up(self, index: int, leave: int, cut: int, chunk: int, external: int,
+                  token: int, release: bool) -> None:
+        """A finished request's next turn arrives while the pool is busy: its hits are
+        the old request's blocks, at ref count 0 near the free queue's end. With
+        ``release`` the request that filled the pool finishes first, so its blocks queue
+        behind the old request's, whose hits then stand at the front of the free queue
+        (where an admission's own new blocks are popped)."""
+        source = self.pick("finished", index)
+        filled = len(self.requests)
+        self.fill(leave, 0)
+        if release and len(self.requests) > filled and self.requests[-1].state == "running":
+            self.finish(self.with_state("running").index(self.requests[-1]))
+        if not self.has_room():
+            return
+        self.add_like(self.requests.index(source), cut, ())
+        if self.requests[-1].state == "waiting":
+            self.schedule(len(self.with_state("waiting")) - 1, chunk, 0, external, token)
+
+
+def start(factory: Any, config: HybridConfig, options: RunOptions,
+          recorder: Recorder) -> HybridHarness:
+    """A hybrid harness over a fresh target, the fresh state judged."""
+    driver = start_driver(factory, config, on_check=recorder.count_check,
+                          judge_bad_input=options.checks_bad_input)
+    return HybridHarness(driver, recorder)
+
+
+def simplify(step: Step) -> Iterator[Step]:
+    """Simpler versions of a hybrid step, simplest first (for the minimizer)."""
+    a = step.args
+    if step.op == "add_request":
+        prompt = list(a.get("prompt_token_ids", []))
+        for i in range(len(prompt) - 1, -1, -1):
+            if len(prompt) > 1:
+                yield Step(step.op, {**a, "prompt_token_ids": prompt[:i] + prompt[i + 1:]})
+    if step.op == "allocate_slots":
+        for key in ("num_lookahead_tokens", "num_external_computed_tokens", "num_new_tokens"):
+            value = a.get(key)
+            if isinstance(value, int) and value > 0:
+                for lower in sorted({0, 1, value // 2, value - 1} - {value}):
+                    if lower == 0 and key != "num_new_tokens":
+                        yield Step(step.op, {k: v for k, v in a.items() if k != key})
+                    else:
+                        yield Step(step.op, {**a, key: lower})

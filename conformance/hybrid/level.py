@@ -1,0 +1,66 @@
+"""The hybrid level, as the engines see it (:class:`~kvspec.conformance.level.Level`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+from kvspec.conformance.hybrid.driver import MODES, HybridConfig, HybridDriver, start_driver
+from kvspec.conformance.hybrid.harness import SITUATIONS, simplify, start
+from kvspec.conformance.hybrid.protocol import GroupTuple
+from kvspec.conformance.hybrid.targets import load_hybrid_factory
+from kvspec.conformance.level import Level, RunOptions
+
+#: The group configurations the random engine plays: full attention beside a sliding
+#: window of the same and of a different block size, two windows, two full-attention
+#: groups of different sizes, and three groups, whose last window is the narrowest but
+#: has the widest blocks (so its hits are not nested in the other window's: the hit
+#: search must come back to the first window after the last one shortens the hit).
+GROUP_CONFIGS: tuple[tuple[GroupTuple, ...], ...] = (
+    (("full", 2, None), ("sliding", 2, 4)),
+    (("full", 4, None), ("sliding", 2, 3)),
+    (("full", 2, None), ("sliding", 4, 5)),
+    (("sliding", 2, 3), ("sliding", 2, 5)),
+    (("full", 2, None), ("full", 4, None)),
+    (("full", 4, None), ("sliding", 2, 3), ("sliding", 4, 2)),
+)
+POOL_SIZES = (6, 7, 8, 10, 12, 16, 24, 40)
+
+
+def _compare_hashes(factory: Any) -> bool:
+    return not getattr(factory, "opaque_hashes", False)
+
+
+def configs(factory: Any, options: RunOptions) -> st.SearchStrategy[HybridConfig]:
+    return st.builds(
+        HybridConfig,
+        num_blocks=st.sampled_from(POOL_SIZES),
+        groups=st.sampled_from(GROUP_CONFIGS),
+        enable_caching=st.sampled_from([True, True, True, False]),
+        profile=st.just(options.profile),
+        compare_hashes=st.just(_compare_hashes(factory)),
+    )
+
+
+def small_configs(factory: Any, options: RunOptions) -> list[HybridConfig]:
+    return [HybridConfig(6, GROUP_CONFIGS[0], True, options.profile,
+                         compare_hashes=_compare_hashes(factory))]
+
+
+def replay_driver(factory: Any, config: HybridConfig, options: RunOptions) -> HybridDriver:
+    return start_driver(factory, config, judge_bad_input=options.checks_bad_input)
+
+
+HYBRID = Level(
+    name="hybrid",
+    modes=MODES,
+    config_from_json=HybridConfig.from_json,
+    load_factory=load_hybrid_factory,
+    start=start,
+    start_vocabulary=None,
+    configs=configs,
+    small_configs=small_configs,
+    replay_driver=replay_driver,
+    simplify=simplify,
+    situations=SITUATIONS,
+)
