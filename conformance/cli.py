@@ -6,8 +6,8 @@ Each subcommand lives in its own module, which provides ``add_arguments(parser)`
 
 Exit statuses, the same for every command (:mod:`kvspec.conformance.commands`): 0 agree,
 proved or done; 1 a divergence, a counterexample or a surviving mutant; 2 a usage error,
-one line on stderr and nothing run or written; 130 interrupted (Ctrl-C), one line on stderr
-saying how far it got; 141 the output pipe was closed (``kvspec replay ... | head``), quietly,
+one line on stderr and nothing run or written; 3 (prove) the z3 model failed its check
+against the spec; 130 interrupted (Ctrl-C), one line saying how far it got; 141 the output pipe was closed (``kvspec replay ... | head``), quietly,
 as for any program stopped by SIGPIPE.
 """
 
