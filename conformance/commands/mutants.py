@@ -26,7 +26,8 @@ from kvspec.conformance.engines.settings import SETTINGS_PROFILES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
-    parser.add_argument("--level", choices=["pool", "manager", "content", "all"], default="all")
+    parser.add_argument("--level", choices=["pool", "manager", "content", "hybrid", "all"],
+                        default="all")
     parser.add_argument("--settings", choices=list(SETTINGS_PROFILES), default="ci")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0: reproducible)")
     parser.add_argument("--list", action="store_true", help="list the zoo and exit")
@@ -120,6 +121,15 @@ def format_row(row: KillRow) -> str:
     )
 
 
+def worker_groups(names: list[str]) -> list[list[str]]:
+    """The tasks handed to worker processes: the content level's mutants together (their
+    worker imports torch once), first, then every other mutant alone, in the order given."""
+    from kvspec.conformance.mutants import MUTANTS
+
+    content = [n for n in names if MUTANTS[n].level == "content"]
+    return ([content] if content else []) + [[n] for n in names if n not in content]
+
+
 def _run_group(names: list[str], settings_name: str, seed: int | None) -> list[KillRow]:
     return [run_mutant(name, settings_name, seed) for name in names]
 
@@ -132,12 +142,7 @@ def run_mutants(names: list[str], settings_name: str = "ci", seed: int | None = 
         for name in names:
             yield run_mutant(name, settings_name, seed)
         return
-    from kvspec.conformance.mutants import MUTANTS
-
-    # The content level's mutants run in one worker, which imports torch once; they are
-    # handed out first, the others one at a time in the order given.
-    content = [n for n in names if MUTANTS[n].level == "content"]
-    groups = ([content] if content else []) + [[n] for n in names if n not in content]
+    groups = worker_groups(names)
     # Fresh interpreters (spawn), not forks: only the content worker imports torch.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context) as pool:

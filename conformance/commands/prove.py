@@ -133,7 +133,7 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
     ]
 
 
-def _qualifier(cfg: ModelConfig, width: int, name: str) -> str:
+def _qualifier(cfg: ModelConfig, width: int, name: str, mutant: str | None = None) -> str:
     """What a "proved" row is a proof of: this finite instance of the model, which was
     cross-checked against the spec before the proof ran."""
     from kvspec.spec.symbolic.model import DISCIPLINED
@@ -142,7 +142,8 @@ def _qualifier(cfg: ModelConfig, width: int, name: str) -> str:
              f"H={cfg.num_hashes} ({width}-bit)"
              + ("" if cfg.enable_caching else ", caching off"))
     scope = ", under the chain discipline" if name in DISCIPLINED else ""
-    return f"for {where}{scope}, model cross-checked against spec"
+    against = f"the {mutant} twin" if mutant else "spec"
+    return f"for {where}{scope}, model cross-checked against {against}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         for name in report.proved:
             results[name] = bmc_mod.Result(
                 name, "proved", -1, report.seconds[name], None,
-                f"by induction {_qualifier(cfg, width, name)}")
+                f"by induction {_qualifier(cfg, width, name, mname)}")
         assume = induction.lemma_names(report)
     todo = [n for n in names if n not in results]
     try:
@@ -292,7 +293,8 @@ def _run(args: argparse.Namespace) -> int:
                         verdict = induction.k_induction(cfg, name, report.survivors, k, mname)
                         if str(verdict) == "unsat":
                             r.status = "proved"
-                            r.method = f"by {k}-induction {_qualifier(cfg, bits, name)}"
+                            r.method = (f"by {k}-induction "
+                                        f"{_qualifier(cfg, bits, name, mname)}")
                             break
                     r.seconds = time.monotonic() - started
 

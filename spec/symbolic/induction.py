@@ -27,7 +27,7 @@ from kvspec.spec.symbolic.encoding import (
     invariant_terms,
     raise_if_interrupted,
 )
-from kvspec.spec.symbolic.model import ModelConfig
+from kvspec.spec.symbolic.model import ModelConfig, all_ops
 
 
 @dataclass
@@ -82,31 +82,44 @@ def houdini(
             alive.remove(name)
         init.pop()
 
-    step = encoding.transition(s0, s1, s0.op_var("op@h"), mutant)
+    # One solver per kind of operation: the relation restricted to that kind's instances.
+    # Their union is the whole relation, so "no kind can break it" is "no step can"; the
+    # split queries are each far easier for z3 than one query over every operation
+    # (table-references at N=6: 5 s over eight kinds, 39 s at once).
+    ops = all_ops(cfg)
+    kinds = sorted({o.kind for o in ops}, key=[o.kind for o in ops].index)
+    steps = [encoding.transition(s0, s1, s0.op_var("op@h"), mutant,
+                                 only=[i for i, o in enumerate(ops) if o.kind == k])
+             for k in kinds]
     # Each pass asserts the survivors as plain facts (faster than assumption literals)
     # and asks, candidate by candidate, whether one step can break it; every candidate
     # that can is dropped, and the pass repeats until none drops.
     while alive:
-        solver = _solver(width)
-        solver.add(*step)
-        solver.add(*[pre[n] for n in alive])
+        solvers = []
+        for step in steps:
+            solver = _solver(width)
+            solver.add(*step)
+            solver.add(*[pre[n] for n in alive])
+            solvers.append(solver)
         failed: list[str] = []
         for name in alive:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
+            for solver in solvers:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return alive, dropped, True
+                    solver.set("timeout", max(1, int(left * 1000)))
+                solver.push()
+                solver.add(z3.Not(post[name]))
+                verdict = solver.check()
+                solver.pop()
+                if verdict == z3.unknown:
+                    if deadline is None or time.monotonic() < deadline:
+                        raise_if_interrupted(solver)
                     return alive, dropped, True
-                solver.set("timeout", max(1, int(left * 1000)))
-            solver.push()
-            solver.add(z3.Not(post[name]))
-            verdict = solver.check()
-            solver.pop()
-            if verdict == z3.unknown:
-                if deadline is None or time.monotonic() < deadline:
-                    raise_if_interrupted(solver)
-                return alive, dropped, True
-            if verdict == z3.sat:
-                failed.append(name)
+                if verdict == z3.sat:
+                    failed.append(name)
+                    break
         if not failed:
             break
         for name in failed:
