@@ -188,6 +188,12 @@ VALID = [
           {"op": "free_blocks", "args": {"block_ids": [1]}}]),
     manager([ADD, {"op": "get_computed_blocks", "args": {"request_id": "a"}},
              {"op": "allocate_slots", "args": {"request_id": "a", "num_new_tokens": 3}}]),
+    {**HEAD, "level": "hybrid",
+     "config": {"num_blocks": 6, "groups": [["full", 2, None], ["sliding", 2, 2]]},
+     "steps": [{"op": "add_request", "args": {"request_id": "a", "prompt_token_ids": [1, 2]}},
+               {"op": "get_computed_blocks", "args": {"request_id": "a"}},
+               {"op": "allocate_slots", "args": {"request_id": "a", "num_new_tokens": 2,
+                                                 "new_computed_blocks": [[], []]}}]},
 ]
 
 
