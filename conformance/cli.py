@@ -6,9 +6,10 @@ Each subcommand lives in its own module, which provides ``add_arguments(parser)`
 
 Exit statuses, the same for every command (:mod:`kvspec.conformance.commands`): 0 agree,
 proved or done; 1 a divergence, a counterexample or a surviving mutant; 2 a usage error,
-one line on stderr and nothing run or written; 130 interrupted (Ctrl-C), one line on stderr
-saying how far it got; 141 the output pipe was closed (``kvspec replay ... | head``), quietly,
-as for any program stopped by SIGPIPE.
+one line on stderr and nothing run or written; 3 (prove) the z3 model failed its check
+against the spec; 130 interrupted (Ctrl-C), one line saying how far it got; 141 the output
+pipe was closed (``kvspec replay ... | head``), quietly, as for any program stopped by
+SIGPIPE.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"kvspec {chosen}" if chosen else "kvspec"
     try:
         parser = build_parser(only=chosen or "__none__")
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command, whose --help lists what it takes
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
         if args.command is None:
             parser.print_help()
             return OK

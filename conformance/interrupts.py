@@ -45,7 +45,13 @@ class CtrlC:
         if self.pressed:
             raise KeyboardInterrupt
 
-    def __exit__(self, *_exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None = None, exc: object = None,
+                 _tb: object = None) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             sys.unraisablehook = self.hook
+        if (self.pressed and exc_type is not None
+                and not issubclass(exc_type, KeyboardInterrupt)):
+            # The press, turned into another error on its way out (ctypes reports an
+            # interrupt during a foreign call's argument conversion as ArgumentError).
+            raise KeyboardInterrupt from None

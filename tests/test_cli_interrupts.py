@@ -85,10 +85,9 @@ def test_ctrl_c_in_prove_stops_the_solver_and_exits_130(tmp_path):
     status, out, err = interrupted("kvspec.spec.symbolic.induction:prove", argv, tmp_path,
                                    after=1.0)
     assert status == 130, (out, err)
-    assert "Traceback" not in err
-    assert re.fullmatch(r"kvspec prove: interrupted after [\d.]+s during the inductive "
-                        r"proofs: 0 result\(s\) settled; no counterexample trace\(s\) written",
-                        err.splitlines()[-1]), err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert out.splitlines()[-1] == ("kvspec prove: interrupted at the induction proof; "
+                                    "nothing above is a result")
     assert "holds to depth" not in out and "proved" not in out
     assert not (tmp_path / "traces").exists()
 
@@ -123,7 +122,8 @@ def test_mutants_without_torch_skip_the_store_mutants_and_print_the_matrix(tmp_p
                         "torch, which is not installed (pip install 'kvspec[store]')")
     assert lines[1].split()[:3] == ["mutant", "level", "caught"]
     assert lines[3].split()[:3] == ["forward-free", "pool", "yes"]
-    assert "1/1 mutants caught (1 store mutants not run: no torch)" in run.stdout
+    assert re.search(r"^1/1 mutants caught in [\d.]+ s \(in this process\); 1 store mutants "
+                     r"not run: no torch$", run.stdout, re.MULTILINE), run.stdout
 
 
 @pytest.mark.parametrize("argv", [["check", "--level", "content"],

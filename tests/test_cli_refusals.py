@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvspec.conformance.cli import main
+from kvspec.conformance.cli import COMMANDS, main
 
 FACTORY_CALL = "factory(4, enable_caching=True, profile='current')"
 
@@ -136,6 +136,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, cap
     ("--junit", "folder", "--junit folder: is a folder; expected a file to write"),
     ("--html", "taken/page.html", "--html taken/page.html: taken is not a folder"),
     ("--out", "taken/traces", "--out taken/traces: taken is not a folder"),
+    ("--db", "taken", "--db taken: exists and is not a folder"),
 ])
 def test_a_report_path_that_cannot_be_written_is_refused_before_any_work(
         option, path, message, capsys, empty_folder):
@@ -198,3 +199,34 @@ def test_replay_checks_the_target_before_replaying(target, message, capsys, empt
 def test_replay_of_a_missing_file_says_so(capsys, empty_folder):
     err = refused(["replay", "nowhere.json"], capsys, empty_folder)
     assert err == "kvspec replay: nowhere.json: cannot read it (No such file or directory)"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_refuses_an_unknown_option_with_status_2(command, capsys, empty_folder):
+    assert main([command, "--no-such-option"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"kvspec {command}: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_stopped_by_ctrl_c_exits_130_with_one_line(command, capsys, monkeypatch):
+    import importlib
+
+    def interrupted(_args: object) -> int:
+        print("partial work")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(COMMANDS[command][0]), "run", interrupted)
+    argv = {"replay": ["replay", "t.json"], "show": ["show", "t.json", "--html", "t.html"],
+            "fuzz": ["fuzz", "--target", "impl"]}.get(command, [command])
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert out == "partial work\n"
+    assert err == f"kvspec {command}: interrupted\n"
+
+
+def test_kvspec_spec_and_no_command_exit_0(capsys):
+    assert main(["spec"]) == 0
+    assert "Invariants:" in capsys.readouterr().out
+    assert main([]) == 0

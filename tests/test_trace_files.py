@@ -188,6 +188,12 @@ VALID = [
           {"op": "free_blocks", "args": {"block_ids": [1]}}]),
     manager([ADD, {"op": "get_computed_blocks", "args": {"request_id": "a"}},
              {"op": "allocate_slots", "args": {"request_id": "a", "num_new_tokens": 3}}]),
+    {**HEAD, "level": "hybrid",
+     "config": {"num_blocks": 6, "groups": [["full", 2, None], ["sliding", 2, 2]]},
+     "steps": [{"op": "add_request", "args": {"request_id": "a", "prompt_token_ids": [1, 2]}},
+               {"op": "get_computed_blocks", "args": {"request_id": "a"}},
+               {"op": "allocate_slots", "args": {"request_id": "a", "num_new_tokens": 2,
+                                                 "new_computed_blocks": [[], []]}}]},
 ]
 
 
@@ -265,3 +271,14 @@ def test_a_trace_the_loader_accepts_replays_to_a_verdict(data):
 def test_the_examples_above_are_valid_traces(tmp_path: Path):
     for data in VALID:
         assert loads_cleanly(json.dumps(data)) is not None
+
+
+def test_replay_refuses_a_content_trace_whose_device_is_not_here(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "content.json"
+    path.write_text(json.dumps({**HEAD, "level": "content", "steps": [],
+                                "config": {"num_blocks": 4, "store": {"device": "bogus"}}}))
+    assert main(["replay", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"kvspec replay: {path}: device 'bogus' is not available")

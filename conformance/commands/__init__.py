@@ -7,7 +7,9 @@ enforces at the boundary:
 * 1: a divergence, a counterexample, a mutant that survives;
 * 2: a usage error (a bad option, target, trace or path), refused in one line on stderr
   before any work is done and before anything is written;
-* 130: interrupted (Ctrl-C), after one line saying what was interrupted and how far it got.
+* 3: ``kvspec prove`` only: a check of the z3 model against the spec failed;
+* 130: interrupted (Ctrl-C), after one line saying what was interrupted and how far it got;
+* 141: the output pipe was closed (``| head``): stopped quietly.
 
 A command refuses bad input by raising :class:`UsageError` (or a ``TargetSpecError`` or
 ``TraceError``); the option types below refuse bad numbers while arguments are parsed.

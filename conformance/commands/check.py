@@ -192,6 +192,8 @@ def prepare(args: argparse.Namespace, levels: list[str]) -> dict[str, Any]:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     writable_path(args.out, "--out", folder=True)
+    if not args.no_db:
+        writable_path(args.db, "--db", folder=True)
     for option, path in (("--junit", args.junit), ("--html", args.html)):
         if path is not None:
             writable_path(path, option, folder=False)

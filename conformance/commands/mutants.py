@@ -162,13 +162,12 @@ def run_mutants(names: list[str], settings_name: str = "ci", seed: int | None = 
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvspec.conformance.commands import Interrupted, UsageError
     from kvspec.conformance.mutants import MUTANTS
 
     chosen = args.names or [
         n for n, m in MUTANTS.items() if args.level == "all" or m.level == args.level
     ]
-    from kvspec.conformance.commands import UsageError
-
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
         raise UsageError(f"unknown mutant(s) {unknown}; see kvspec mutants --list")
@@ -193,8 +192,6 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
             print(format_row(row), flush=True)
     except KeyboardInterrupt:
-        from kvspec.conformance.commands import Interrupted
-
         raise Interrupted(f"interrupted after {len(rows)} of {len(chosen)} mutants") from None
     wall = time.perf_counter() - start
     print("(exhaustive: the exhaustive engine's shortest failing length, or >d when it found "
