@@ -14,6 +14,7 @@ import sys
 import time
 
 from kvspec.benchmarks._harness import format_machine_info
+from kvspec.conformance.commands import positive_float, positive_int
 
 # name -> module with main(argv) -> int, for benchmarks that own their arguments.
 EXTERNAL = {
@@ -26,6 +27,14 @@ BUILTIN = ("queue", "pool")
 DEFAULT = BUILTIN
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``--sizes``: comma-separated pool sizes, each at least 1 block."""
+    try:
+        return tuple(positive_int(x) for x in text.split(","))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"pool sizes, comma-separated: {exc}") from None
+
+
 def _add_options(parser: argparse.ArgumentParser) -> None:
     """Options of the built-in benchmarks, accepted before or after the name."""
     parser.add_argument(
@@ -35,16 +44,17 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
-        type=lambda s: tuple(int(x) for x in s.split(",")),
+        type=_sizes,
         default=None,
         help="queue: comma-separated pool sizes in blocks (default 1000,10000,100000)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per cell; the median is reported"
+        "--repeats", type=positive_int, default=None,
+        help="timed runs per cell; the median is reported"
     )
     parser.add_argument(
         "--min-time",
-        type=float,
+        type=positive_float,
         default=None,
         help="queue: seconds one timed run should last (sets the operation count per cell)",
     )
@@ -113,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return int(module.main(list(args.rest)) or 0)
     if args.rest:  # options written after a built-in benchmark's name
-        late = argparse.ArgumentParser(prog=f"kvspec bench {args.name}")
+        from kvspec.conformance.cli import Parser
+
+        late = Parser(prog=f"kvspec bench {args.name}")
         _add_options(late)
         late.parse_args(args.rest, namespace=args)
     names = (args.name,) if args.name else DEFAULT

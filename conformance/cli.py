@@ -3,13 +3,25 @@
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their command runs, so that
 ``kvspec --help`` stays fast and heavy dependencies (torch, z3) load on demand.
+
+Exit statuses, the same for every command (:mod:`kvspec.conformance.commands`): 0 agree,
+proved or done; 1 a divergence, a counterexample or a surviving mutant; 2 a usage error,
+one line on stderr and nothing run or written; 3 (prove) the z3 model failed its check
+against the spec; 130 interrupted (Ctrl-C), one line saying how far it got; 141 the output
+pipe was closed (``kvspec replay ... | head``), quietly, as for any program stopped by
+SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+from typing import NoReturn
+
+from kvspec.conformance.errors import UsageError
 
 _CMD = "kvspec.conformance.commands"
 
@@ -27,12 +39,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Exit statuses (see the module docstring).
+OK, FAILED, USAGE, INTERRUPTED, BROKEN_PIPE = 0, 1, 2, 130, 141
+
+
+class Parser(argparse.ArgumentParser):
+    """Refuses a bad command line in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _load(name: str):
     return importlib.import_module(COMMANDS[name][0])
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kvspec",
         description=(
             "An executable formal model of a PagedAttention KV-cache block pool, and a "
@@ -51,12 +74,45 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen command's module is imported to build its arguments.
     chosen = next((a for a in argv if a in COMMANDS), None)
-    parser = build_parser(only=chosen or "__none__")
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return int(_load(args.command).run(args) or 0)
+    prog = f"kvspec {chosen}" if chosen else "kvspec"
+    try:
+        parser = build_parser(only=chosen or "__none__")
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command, whose --help lists what it takes
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
+        if args.command is None:
+            parser.print_help()
+            return OK
+        status = int(_load(args.command).run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except SystemExit as exc:  # argparse's: --help (0), a bad option (2, already said)
+        if isinstance(exc.code, int):
+            return exc.code
+        raise
+    except UsageError as exc:
+        _say(f"{prog}: {exc}")
+        return USAGE
+    except KeyboardInterrupt as exc:
+        summary = getattr(exc, "summary", None) or "interrupted"
+        _say(f"{prog}: {summary}")
+        return INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly; Python's own flush at exit would
+        # fail again, so stdout now points at /dev/null.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return BROKEN_PIPE
+
+
+def _say(line: str) -> None:
+    """One line on stderr, the only output of a refused or interrupted command's end."""
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        sys.stdout.flush()
+    print(" ".join(line.split()), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ run and a summary with the seconds per mutant. Exit status 1 when any verdict is
     scripts/sweep-verdicts.py --settings dev ci --seeds 0-9
     scripts/sweep-verdicts.py --settings thorough --seeds 0-2 --no-mutants
     scripts/sweep-verdicts.py --no-checks --mutant-seeds 0-4
+    scripts/sweep-verdicts.py --settings thorough --seeds 0-2 --levels pool manager
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from kvspec.conformance.mutants import MUTANTS
 # (level, profile, mode): every combination kvspec check accepts
 COMBINATIONS = [
     (level, profile, mode)
-    for level in ("pool", "manager", "content")
+    for level in ("pool", "manager", "content", "hybrid")
     for profile in ("current", "classic")
-    for mode in ("strict", "abstract")
-    if not (level == "manager" and mode == "abstract")
+    for mode in get_level(level).modes
 ]
 
 
@@ -45,11 +45,14 @@ def main() -> int:
     parser.add_argument("--mutant-seeds", type=seeds, default=seeds("0-4"))
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--no-mutants", action="store_true")
+    parser.add_argument("--levels", nargs="+", default=["pool", "manager", "content", "hybrid"])
     args = parser.parse_args()
     wrong = 0
     if not args.no_checks:
         for settings in args.settings:
             for level, profile, mode in COMBINATIONS:
+                if level not in args.levels:
+                    continue
                 factory = get_level(level).load_factory("impl")
                 for seed in args.seeds:
                     r = run_check(factory, level=level, profile=profile, mode=mode,

@@ -182,8 +182,8 @@ def skipped_blocks(g: GroupSpec, num_computed_tokens: int) -> int:
 
 
 def window_blocks(g: GroupSpec) -> int:
-    """Blocks a sliding-window hit must hold: those the window at its end reads (all of
-    them for full attention, which the caller expresses as "every block")."""
+    """Blocks a sliding-window hit must hold: those the window of the token right after
+    the hit reads, ``sliding_window - 1`` tokens back (sliding groups only)."""
     assert g.sliding_window is not None
     return math.ceil((g.sliding_window - 1) / g.block_size)
 

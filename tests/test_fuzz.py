@@ -45,15 +45,15 @@ def test_a_failure_saved_by_one_worker_is_replayed_first_by_the_other(project):
 
 def test_kvspec_fuzz_refuses_a_bad_target_in_one_line(capsys):
     assert main(["fuzz", "--target", "nopkg:factory", "--minutes", "1"]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("kvspec fuzz: --target 'nopkg:factory': cannot import module")
-    assert out.count("\n") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kvspec fuzz: --target 'nopkg:factory': cannot import module")
+    assert err.count("\n") == 1
 
 
 def test_kvspec_fuzz_without_hypofuzz_says_how_to_install_it(capsys, monkeypatch):
     monkeypatch.setattr(fuzz, "hypofuzz_installed", lambda: False)
     assert main(["fuzz", "--target", "impl", "--minutes", "1"]) == 2
-    assert capsys.readouterr().out == fuzz.HYPOFUZZ_MISSING + "\n"
+    assert capsys.readouterr().err == fuzz.HYPOFUZZ_MISSING + "\n"
 
 
 @pytest.mark.skipif(not fuzz.hypofuzz_installed(),

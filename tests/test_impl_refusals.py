@@ -303,7 +303,9 @@ def test_a_bool_count_hands_out_nothing() -> None:
 
 @pytest.mark.parametrize(
     "bad", [lambda p: p.touch([2]), lambda p: p.cache_block(p.blocks[1], None),
-            lambda p: p.get_new_blocks("2"), lambda p: p.free_blocks([object()])],
+            lambda p: p.get_new_blocks("2"), lambda p: p.free_blocks([object()]),
+            lambda p: p.get_new_blocks(None), lambda p: p.cache_block(p.blocks[1], 123),
+            lambda p: p.get_new_blocks(float("nan"))],
 )
 def test_no_raw_type_or_attribute_error_escapes(bad: Op) -> None:
     pool = BlockPool(4)

@@ -45,7 +45,7 @@ def test_kvspec_mutants_in_worker_processes_prints_rows_in_the_zoo_order(
 ) -> None:
     from kvspec.conformance.cli import main
 
-    names = ["touch-leaves-in-queue", "copy-only-k", "forward-free"]  # content: its own worker
+    names = ["touch-leaves-in-queue", "forward-free", "null-returned-to-queue"]
     assert main(["mutants", "--jobs", "2", *names]) == 0
     out = capsys.readouterr().out
     first_words = [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -54,8 +54,17 @@ def test_kvspec_mutants_in_worker_processes_prints_rows_in_the_zoo_order(
     assert "3/3 mutants caught in" in out and "(2 worker processes)" in out
 
 
+def test_content_mutants_share_one_worker_handed_out_first() -> None:
+    from kvspec.conformance.commands.mutants import worker_groups
+
+    assert worker_groups(["forward-free", "copy-only-k", "salt-ignored", "copy-wrong-direction"]
+                         ) == [["copy-only-k", "copy-wrong-direction"], ["forward-free"],
+                               ["salt-ignored"]]
+    assert worker_groups(["forward-free"]) == [["forward-free"]]
+
+
 def test_kvspec_mutants_refuses_zero_jobs(capsys: pytest.CaptureFixture[str]) -> None:
     from kvspec.conformance.cli import main
 
     assert main(["mutants", "--jobs", "0", "forward-free"]) == 2
-    assert "--jobs 0, expected 1 or more" in capsys.readouterr().out
+    assert "--jobs 0, expected 1 or more" in capsys.readouterr().err

@@ -114,9 +114,9 @@ def test_kvspec_show_refuses_what_it_cannot_draw_in_one_line(tmp_path, capsys, c
     trace = tmp_path / "bad.json"
     trace.write_text(content)
     status = main(["show", str(trace), "--html", str(tmp_path / "x.html"), "--target", target])
-    out = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert status == 2
-    assert out.startswith(f"kvspec show: {message}") and out.count("\n") == 1
+    assert err.startswith(f"kvspec show: {message}") and err.count("\n") == 1
     assert not Path(tmp_path / "x.html").exists()
 
 

@@ -60,4 +60,4 @@ def test_prove_lists_the_symbolic_mutants(capsys):
 
 def test_prove_refuses_an_unknown_mutant_with_the_valid_names(capsys):
     assert kvspec(["prove", "--mutant", "no-such-bug"]) == 2
-    assert "forward-free" in capsys.readouterr().out
+    assert "forward-free" in capsys.readouterr().err

@@ -18,6 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvspec.conformance.commands import (
+    Interrupted,
+    UsageError,
+    non_negative_float,
+    positive_int,
+    usable_level,
+    writable_path,
+)
 from kvspec.conformance.engines.pipeline import CheckResult
 from kvspec.conformance.engines.settings import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES
 
@@ -51,13 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--settings", choices=list(SETTINGS_PROFILES), default=None,
         help=f"effort (default: ${SETTINGS_ENV} or dev)",
     )
-    parser.add_argument("--max-examples", type=int, default=None,
-                        help="random engine: examples (overrides --settings)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="random engine: steps per example (overrides --settings)")
+    parser.add_argument("--max-examples", type=positive_int, default=None,
+                        help="random engine: examples, at least 1 (overrides --settings)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="random engine: steps per example, at least 1 (overrides "
+                        "--settings)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
     parser.add_argument(
-        "--exhaustive-seconds", type=float, default=None,
+        "--exhaustive-seconds", type=non_negative_float, default=None,
         help="time budget of the exhaustive engine per level (0: skip it; default from "
         "--settings)",
     )
@@ -151,8 +160,8 @@ def levels_to_run(target: str, level: str) -> tuple[list[str], list[str]]:
 def run(args: argparse.Namespace) -> int:
     levels, notes = levels_to_run(args.target, args.level)
     if args.level == "manager" and args.mode != "strict":
-        print("kvspec check: the manager level runs in strict mode only")
-        return 2
+        raise UsageError("the manager level runs in strict mode only")
+    factories = prepare(args, levels)
     if "manager" in levels and args.mode != "strict":
         notes.append("the manager level runs in strict mode only")
     for note in notes:
@@ -162,12 +171,47 @@ def run(args: argparse.Namespace) -> int:
     for level in levels:
         start = time.perf_counter()
         with contextlib.redirect_stdout(_Tee(sys.stdout)) as out:
-            level_status = run_level(args, level)
+            level_status = run_level(args, level, factories[level])
         cases.append((level, level_status, time.perf_counter() - start, out.text()))
         status = max(status, level_status)
     if args.junit is not None:
         write_junit(args.junit, args.target, cases)
     return status
+
+
+def prepare(args: argparse.Namespace, levels: list[str]) -> dict[str, Any]:
+    """Check everything a run needs before it starts (the settings, each level's options,
+    the target's factory, the output paths): a usage error, if any, comes before any
+    work and any output. Returns each level's factory."""
+    from kvspec.conformance.engines.settings import settings_profile
+    from kvspec.conformance.level import RunOptions
+    from kvspec.conformance.levels import check_factory
+
+    try:
+        settings_profile(args.settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    writable_path(args.out, "--out", folder=True)
+    if not args.no_db:
+        writable_path(args.db, "--db", folder=True)
+    for option, path in (("--junit", args.junit), ("--html", args.html)):
+        if path is not None:
+            writable_path(path, option, folder=False)
+    factories = {}
+    for level in levels:
+        lv = usable_level(level)
+        mode = "strict" if level in ("manager", "hybrid") else args.mode
+        try:
+            lv.check_mode(mode)
+            lv.check_options(RunOptions(profile=args.profile, mode=mode,
+                                        bad_input=args.bad_input, device=args.device,
+                                        dtype=args.dtype))
+        except ValueError as exc:
+            raise UsageError(f"--level {level}: {exc}") from None
+        factory = lv.load_factory(args.target)
+        check_factory(level, factory, args.target, profile=args.profile)
+        factories[level] = factory
+    return factories
 
 
 class _Tee(io.StringIO):
@@ -209,32 +253,39 @@ def write_junit(path: Path, target: str, cases: list[tuple[str, int, float, str]
     write_atomically(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
 
 
-def run_level(args: argparse.Namespace, level: str) -> int:
+def run_level(args: argparse.Namespace, level: str, factory: Any) -> int:
     """Check one level; print its summary and, on failure, the report. Exit status."""
-    from kvspec.conformance.engines.pipeline import run_check
+    from kvspec.conformance.engines.pipeline import CheckInterrupted, run_check
     from kvspec.conformance.levels import get_level
     from kvspec.conformance.report import count_steps, format_failure, write_failure
 
     lv = get_level(level)
-    factory = lv.load_factory(args.target)
-    result = run_check(
-        factory,
-        target_name=args.target,
-        level=lv,
-        profile=args.profile,
-        mode="strict" if level in ("manager", "hybrid") else args.mode,
-        settings_name=args.settings,
-        max_examples=args.max_examples,
-        steps=args.steps,
-        seed=args.seed,
-        database=None if args.no_db else args.db,
-        progress=not args.quiet,
-        bad_input=args.bad_input,
-        exhaustive=args.exhaustive_seconds != 0,
-        exhaustive_seconds=args.exhaustive_seconds,
-        device=args.device,
-        dtype=args.dtype,
-    )
+    try:
+        result = run_check(
+            factory,
+            target_name=args.target,
+            level=lv,
+            profile=args.profile,
+            mode="strict" if level in ("manager", "hybrid") else args.mode,
+            settings_name=args.settings,
+            max_examples=args.max_examples,
+            steps=args.steps,
+            seed=args.seed,
+            database=None if args.no_db else args.db,
+            progress=not args.quiet,
+            bad_input=args.bad_input,
+            exhaustive=args.exhaustive_seconds != 0,
+            exhaustive_seconds=args.exhaustive_seconds,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    except CheckInterrupted as stop:
+        print_summary(stop.result)
+        raise Interrupted(f"interrupted at the {level} level {stop.progress}; no trace "
+                          "written for it") from None
+    except SystemExit as exc:  # from the target: never a silent exit with its status
+        raise UsageError(f"--target {args.target!r}: the target raised SystemExit({exc.code!r}) "
+                         "during the run; nothing written") from None
     print_summary(result)
     if level == "pool" and args.bad_input == "report":
         from kvspec.conformance.pool.bad_input import format_report, probe_all

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from kvspec.conformance.commands import non_negative_float
 from kvspec.impl.memory_estimate import (
     DEFAULT_MODEL,
     MODELS,
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--users-per-min",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_USERS_PER_MIN,
         metavar="U",
         help=f"request arrival rate (default {DEFAULT_USERS_PER_MIN:g})",
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live = parser.add_mutually_exclusive_group()
     live.add_argument(
         "--lifetime-s",
-        type=float,
+        type=non_negative_float,
         default=None,
         help=(
             "mean request lifetime in seconds; concurrency = ceil(U / 60 x lifetime) "

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from kvspec.conformance.commands import positive_float, positive_int, usable_level, writable_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", choices=["pool", "manager", "all"], default="all")
     parser.add_argument("--mode", choices=["strict", "abstract"], default="strict")
     parser.add_argument("--profile", choices=["current", "classic"], default="current")
-    parser.add_argument("--workers", type=int, default=2, help="fuzzing processes (default 2)")
-    parser.add_argument("--minutes", type=float, default=10.0,
+    parser.add_argument("--workers", type=positive_int, default=2,
+                        help="fuzzing processes (default 2)")
+    parser.add_argument("--minutes", type=positive_float, default=10.0,
                         help="how long to fuzz before replaying what was found (default 10)")
     parser.add_argument("--db", type=Path, default=Path(".kvspec") / "fuzz-examples",
                         help="the example database folder; share it between hosts")
@@ -32,19 +36,16 @@ def run(args: argparse.Namespace) -> int:
         hypofuzz_installed,
         run_campaign,
     )
-    from kvspec.conformance.pool.targets import TargetSpecError
+    from kvspec.conformance.levels import check_factory
 
-    if args.workers < 1 or args.minutes <= 0:
-        print(f"kvspec fuzz: --workers {args.workers} --minutes {args.minutes}: expected at "
-              "least one worker and a positive time")
-        return 2
-    try:
-        levels, _notes = levels_to_run(args.target, args.level)
-    except TargetSpecError as exc:
-        print(f"kvspec fuzz: {exc}")
-        return 2
+    levels, _notes = levels_to_run(args.target, args.level)
+    for level in levels:
+        check_factory(level, usable_level(level).load_factory(args.target), args.target,
+                      profile=args.profile)
+    writable_path(args.out, "--out", folder=True)
+    writable_path(args.db, "--db", folder=True)
     if not hypofuzz_installed():
-        print(HYPOFUZZ_MISSING)
+        print(HYPOFUZZ_MISSING, file=sys.stderr)
         return 2
     campaign = Campaign(args.target, args.level, args.mode, args.profile, args.db, args.out)
     print(f"kvspec fuzz: {args.target}, levels {', '.join(levels)}, {args.workers} workers, "

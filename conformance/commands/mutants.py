@@ -26,7 +26,8 @@ from kvspec.conformance.engines.settings import SETTINGS_PROFILES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
-    parser.add_argument("--level", choices=["pool", "manager", "content", "all"], default="all")
+    parser.add_argument("--level", choices=["pool", "manager", "content", "hybrid", "all"],
+                        default="all")
     parser.add_argument("--settings", choices=list(SETTINGS_PROFILES), default="ci")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0: reproducible)")
     parser.add_argument("--list", action="store_true", help="list the zoo and exit")
@@ -94,6 +95,19 @@ def run_mutant(name: str, settings_name: str = "ci", seed: int | None = 0) -> Ki
     return KillRow.from_result(name, mutant.level, result)
 
 
+def needing_torch(names: list[str]) -> list[str]:
+    """The content-level (store) mutants among ``names`` when torch cannot be imported."""
+    from kvspec.conformance.mutants import MUTANTS
+
+    content = [n for n in names if MUTANTS[n].level == "content"]
+    if content:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return content
+    return []
+
+
 HEADER = (f"{'mutant':<34} {'level':<7} {'caught':<6} {'caught by':<26} {'found by':<10} "
           f"{'examples':>8} {'seconds':>8} {'exhaustive':>10} {'length':>6}")
 
@@ -105,6 +119,15 @@ def format_row(row: KillRow) -> str:
         f"{row.seconds:>8.2f} {row.exhaustive:>10} "
         f"{row.length if row.length is not None else '-':>6}"
     )
+
+
+def worker_groups(names: list[str]) -> list[list[str]]:
+    """The tasks handed to worker processes: the content level's mutants together (their
+    worker imports torch once), first, then every other mutant alone, in the order given."""
+    from kvspec.conformance.mutants import MUTANTS
+
+    content = [n for n in names if MUTANTS[n].level == "content"]
+    return ([content] if content else []) + [[n] for n in names if n not in content]
 
 
 def _run_group(names: list[str], settings_name: str, seed: int | None) -> list[KillRow]:
@@ -119,12 +142,7 @@ def run_mutants(names: list[str], settings_name: str = "ci", seed: int | None = 
         for name in names:
             yield run_mutant(name, settings_name, seed)
         return
-    from kvspec.conformance.mutants import MUTANTS
-
-    # The content level's mutants run in one worker, which imports torch once; they are
-    # handed out first, the others one at a time in the order given.
-    content = [n for n in names if MUTANTS[n].level == "content"]
-    groups = ([content] if content else []) + [[n] for n in names if n not in content]
+    groups = worker_groups(names)
     # Fresh interpreters (spawn), not forks: only the content worker imports torch.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context) as pool:
@@ -144,6 +162,7 @@ def run_mutants(names: list[str], settings_name: str = "ci", seed: int | None = 
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvspec.conformance.commands import Interrupted, UsageError
     from kvspec.conformance.mutants import MUTANTS
 
     chosen = args.names or [
@@ -151,30 +170,37 @@ def run(args: argparse.Namespace) -> int:
     ]
     unknown = [n for n in chosen if n not in MUTANTS]
     if unknown:
-        print(f"kvspec mutants: unknown mutant(s) {unknown}; see kvspec mutants --list")
-        return 2
+        raise UsageError(f"unknown mutant(s) {unknown}; see kvspec mutants --list")
     if args.list:
         for n in chosen:
             print(f"  {n:<34} {MUTANTS[n].level:<8} {MUTANTS[n].summary}")
         return 0
     if args.jobs is not None and args.jobs < 1:
-        print(f"kvspec mutants: --jobs {args.jobs}, expected 1 or more")
-        return 2
+        raise UsageError(f"--jobs {args.jobs}, expected 1 or more")
     jobs = args.jobs or os.cpu_count() or 1
+    not_run = needing_torch(chosen)
+    if not_run:
+        print(f"skipped: {len(not_run)} store mutant(s) ({', '.join(not_run)}): the content "
+              "level needs torch, which is not installed (pip install 'kvspec[store]')")
+        chosen = [n for n in chosen if n not in not_run]
     print(HEADER)
     print("-" * len(HEADER))
     rows = []
     start = time.perf_counter()
-    for row in run_mutants(chosen, args.settings, args.seed, jobs):
-        rows.append(row)
-        print(format_row(row), flush=True)
+    try:
+        for row in run_mutants(chosen, args.settings, args.seed, jobs):
+            rows.append(row)
+            print(format_row(row), flush=True)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {len(rows)} of {len(chosen)} mutants") from None
     wall = time.perf_counter() - start
     print("(exhaustive: the exhaustive engine's shortest failing length, or >d when it found "
           "none to depth d; length: the reported, 1-minimal trace)")
     caught = [r for r in rows if r.caught]
     workers = min(jobs, len(rows))
     where = f"{workers} worker processes" if workers > 1 else "in this process"
-    print(f"\n{len(caught)}/{len(rows)} mutants caught in {wall:.1f} s ({where})")
+    print(f"\n{len(caught)}/{len(rows)} mutants caught in {wall:.1f} s ({where})"
+          + (f"; {len(not_run)} store mutants not run: no torch" if not_run else ""))
     if caught:
         print(
             f"median seconds to catch (incl. minimizing): "

@@ -16,9 +16,11 @@ on any target. See docs/prove.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # z3 is imported only when the command runs
     from kvspec.conformance.trace import Trace
@@ -145,12 +147,40 @@ def _qualifier(cfg: ModelConfig, width: int, name: str, mutant: str | None = Non
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvspec.conformance.commands import writable_path
+
+    if not args.list_mutants:  # before any proof runs, not after
+        writable_path(args.out, "--out", folder=True)
     try:
-        return _run(args)
+        with _z3_interrupts():
+            return _run(args)
     except KeyboardInterrupt:
         where = _PROGRESS.get("where", "before any result")
         print(f"\nkvspec prove: interrupted at {where}; nothing above is a result")
         return 130
+
+
+@contextlib.contextmanager
+def _z3_interrupts() -> Iterator[None]:
+    """Ctrl-C that Python drops (raised inside a z3 object's ``__del__``, it is reported as
+    "ignored" and the proof goes on) is raised again at the next z3 query
+    (:class:`~kvspec.conformance.interrupts.CtrlC`)."""
+    import z3
+    from kvspec.conformance.interrupts import CtrlC
+
+    check = z3.Solver.check
+
+    def checked(self: z3.Solver, *assumptions: Any) -> Any:
+        ctrl_c.check()
+        return check(self, *assumptions)
+
+    z3.Solver.check = checked  # type: ignore[method-assign]
+    try:
+        with CtrlC() as ctrl_c:
+            yield
+            ctrl_c.check()
+    finally:
+        z3.Solver.check = check  # type: ignore[method-assign]
 
 
 #: Where the run is, for the message an interrupt prints.
@@ -199,8 +229,9 @@ def _run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown invariant(s) {unknown}; expected some of {every}")
     except ValueError as exc:
-        print(f"kvspec prove: {exc}")
-        return 2
+        from kvspec.conformance.commands import UsageError
+
+        raise UsageError(str(exc)) from None
     mname = mutant.name if mutant else None
 
     print(f"kvspec prove: {cfg.describe()}")

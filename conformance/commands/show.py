@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kvspec.conformance.commands import UsageError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", help="a kvspec-trace JSON file (pool or manager level)")
@@ -29,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
         trace = Trace.load(args.trace)
         replayed = write_html(trace, args.target, args.html)
     except (OSError, TraceError, TargetSpecError, ValueError) as exc:
-        print(f"kvspec show: {exc}")
-        return 2
+        raise UsageError(" ".join(str(exc).split())) from None
     print(f"{args.html}: {count_steps(len(trace.steps))}, target {args.target}: "
           f"{replayed.verdict}")
     return 0

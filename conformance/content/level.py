@@ -44,11 +44,16 @@ def configs(_factory: Any, options: RunOptions) -> st.SearchStrategy[ContentConf
 
 
 def check_options(options: RunOptions) -> None:
-    """The store's device must exist here (torch's own error says why not)."""
+    """The store's device must exist here and hold data (torch's own error says why not;
+    ``meta`` tensors have shapes and no values, so there is nothing to compare)."""
     try:
-        torch.empty(0, device=options.device)
+        where = torch.empty(0, device=options.device).device
     except (RuntimeError, AssertionError) as exc:  # torch's "not compiled with CUDA" asserts
-        raise ValueError(f"device {options.device!r} is not available: {exc}") from None
+        raise ValueError(f"device {options.device!r} is not available: "
+                         f"{' '.join(str(exc).split())}") from None
+    if where.type == "meta":
+        raise ValueError(f"device {options.device!r} holds no data (shapes only); the store "
+                         "needs a device such as 'cpu' or 'cuda:0'")
     if options.dtype not in DTYPES:
         raise ValueError(f"dtype {options.dtype!r}; expected one of {sorted(DTYPES)}")
 

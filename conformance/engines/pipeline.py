@@ -29,6 +29,7 @@ from kvspec.conformance.engines.settings import (
     database_digest,
     settings_profile,
 )
+from kvspec.conformance.interrupts import CtrlC
 from kvspec.conformance.level import Harness, Level, Recorder, RunOptions, RunStats
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.outcome import Divergence
@@ -59,6 +60,17 @@ class CheckResult:
     @property
     def passed(self) -> bool:
         return self.failure is None
+
+
+class CheckInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_check`: ``result`` holds what had run (its counts, the
+    exhaustive search's bound if it had finished), ``progress`` says in words where it
+    stopped. A ``KeyboardInterrupt``, so callers that do not look stop as usual."""
+
+    def __init__(self, result: CheckResult, progress: str) -> None:
+        super().__init__(progress)
+        self.result = result
+        self.progress = progress
 
 
 class Progress:
@@ -122,6 +134,11 @@ def run_check(
     """Check ``factory``'s targets at ``level`` against the spec (see the module doc)."""
     lv = get_level(level) if isinstance(level, str) else level
     lv.check_mode(mode)
+    for name, value in (("max_examples", max_examples), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"run_check: {name} {value!r}; expected a whole number of at "
+                             "least 1 (None: the settings' own)")
     if not isinstance(dtype, str):  # a torch dtype
         dtype = str(dtype).removeprefix("torch.")
     if isinstance(bad_input, bool):
@@ -132,20 +149,32 @@ def run_check(
     lv.check_options(options)
     stats = RunStats()
     display = Progress(stats, progress)
+    ctrl_c = CtrlC()
+
+    def tick() -> None:
+        ctrl_c.check()
+        display.tick()
+
     start = time.perf_counter()
     result = CheckResult(
         target=target_name, level=lv.name, profile=profile, mode=mode, failure=None,
         stats=stats, seconds=0.0, situations=lv.situations,
         unsupported=lv.switched_off(factory),
     )
+    stage = "before the first step"
+    reached = "no depth complete"
+    ctrl_c.__enter__()
     try:
         failure: Divergence | None = None
         if exhaustive and lv.start_vocabulary is not None:
             def on_depth(depth: int, states: int) -> None:
-                display.say(f"exhaustive: depth {depth} complete, {states:,} states")
+                nonlocal reached
+                reached = f"depth {depth} complete, {states:,} states"
+                display.say(f"exhaustive: {reached}")
 
+            stage = "exhaustive"
             result.exhaustive = explore(
-                lv, factory, options, Recorder(),
+                lv, factory, options, Recorder(on_step=ctrl_c.check),
                 max_depth=exhaustive_depth,
                 seconds=effort.exhaustive_seconds if exhaustive_seconds is None
                 else exhaustive_seconds,
@@ -155,8 +184,9 @@ def run_check(
             if failure is not None:
                 result.found_by = "exhaustive"
         if failure is None and random:
+            stage = "random"
             failure, result.examples_to_failure = run_random(
-                lv, factory, options, Recorder(stats, display.tick),
+                lv, factory, options, Recorder(stats, tick),
                 max_examples=max_examples or effort.max_examples,
                 steps=steps or effort.steps,
                 seed=seed,
@@ -170,11 +200,25 @@ def run_check(
                 result.found_by = "random"
         if failure is not None:
             display.say(f"minimizing a {len(failure.steps)}-step failure")
+            stage = "minimizing"
             result.found_length = len(failure.steps)
             minimized = minimize(lv, factory, options, failure)
             failure, result.minimal = minimized.failure, minimized.reproduced
+        ctrl_c.check()
         result.failure = failure
+    except KeyboardInterrupt:
+        display.done()
+        result.seconds = time.perf_counter() - start
+        progress = {
+            "exhaustive": f"in the exhaustive search ({reached})",
+            "random": f"in the random engine ({stats.examples} examples, {stats.steps} steps "
+                      "run)",
+            "minimizing": f"while minimizing a {result.found_length}-step failure found by "
+                          f"the {result.found_by} engine",
+        }.get(stage, stage)
+        raise CheckInterrupted(result, f"after {result.seconds:.1f}s, {progress}") from None
     finally:
+        ctrl_c.__exit__()
         display.done()
         result.seconds = time.perf_counter() - start
     return result

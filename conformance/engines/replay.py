@@ -26,6 +26,8 @@ class ReplayResult:
     def message(self) -> str:
         if self.outside_scope is not None:
             return f"outside the checked scope at {self.outside_scope}"
+        if self.divergence is None and not self.steps_run:
+            return "no divergence: the trace has no steps, and the fresh states agree"
         if self.divergence is None:
             return f"no divergence in {self.steps_run} steps"
         return (

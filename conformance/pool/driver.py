@@ -494,8 +494,8 @@ def differences(a: PoolSnapshot, b: PoolSnapshot, *, compare_queue: bool) -> lis
         out.append("num_free_blocks")
     if abs(a.usage - b.usage) > USAGE_TOLERANCE:
         out.append("usage")
-    same_members = sorted(a.free_queue) == sorted(b.free_queue)
-    if not same_members or (compare_queue and a.free_queue != b.free_queue):
+    if a.free_queue != b.free_queue and (
+            compare_queue or sorted(a.free_queue) != sorted(b.free_queue)):
         out.append("free_queue")
     first_a = {h: a.index.get(h, ())[:1] for h in b.index}
     first_b = {h: v[:1] for h, v in b.index.items()}

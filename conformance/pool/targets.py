@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kvspec.conformance.errors import UsageError
 from kvspec.conformance.pool.protocol import PoolFactory, PoolTarget
 from kvspec.impl.block import KVCacheBlock, get_block_hash
 from kvspec.impl.block_pool import BlockPool
@@ -48,7 +49,7 @@ BUILTIN_TARGETS: dict[str, str] = {
 }
 
 
-class TargetSpecError(ValueError):
+class TargetSpecError(UsageError):
     """A ``--target`` string that does not name a loadable factory."""
 
 
