@@ -9,9 +9,11 @@ modules, so the patch reaches the cross-check, the induction proof and the searc
 
 from __future__ import annotations
 
+import pytest
 import z3
 from kvspec.conformance.cli import main as kvspec
 from kvspec.spec import pool
+from kvspec.spec.profiles import CLASSIC
 from kvspec.spec.symbolic import bmc, encoding, induction
 from kvspec.spec.symbolic.encoding import _Effect, _Ops
 from kvspec.spec.symbolic.explicit import reachable
@@ -136,3 +138,20 @@ def test_a_strengthening_that_only_a_vacuous_relation_keeps_is_caught(monkeypatc
     monkeypatch.setattr("kvspec.spec.symbolic.sanity.auxiliary_terms", aux)
     failed = strengthening_failures(cfg, reachable(cfg, 2), survivors)
     assert any(f.startswith("strengthening-holds: nothing-allocated") for f in failed)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [ModelConfig(num_blocks=3, table_len=2, profile=CLASSIC),
+     ModelConfig(num_blocks=3, table_len=2, enable_caching=False)],
+    ids=["classic", "caching-off"],
+)
+def test_the_cross_check_passes_in_the_other_profile_and_with_caching_off(cfg):
+    report = sanity_check(cfg, max_worlds=30)
+    assert report.ok, report.failures
+    assert {"fork-copy", "fork-middle-copy", "free-tail", "allocate-two"} <= (
+        set(report.fired) | set(report.unreached()))
+    if cfg.enable_caching:
+        assert "fork-middle-copy" in report.fired
+    else:
+        assert not any(p.startswith(("cache", "hit")) for p in report.fired)

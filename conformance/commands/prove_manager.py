@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"    - {what}: {why}")
     sanity = me.sanity_check(cfg, mutant)
     fired = ", ".join(f"{k}@{d}" for k, d in sanity.fired.items())
-    print(f"  cross-checked against the spec: every step the spec takes from "
+    source = f"the {mutant} twin" if mutant else "the spec"
+    print(f"  cross-checked against {source}: every step it takes from "
           f"{len(sanity.worlds)} explored worlds ({sanity.pairs} steps) is admitted; "
           f"{sanity.seconds:.1f} s")
     print(f"  operations first admitted at depth: {fired}")
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         survivors, seconds = me.houdini(cfg, mutant)
         proved = [n for n in names if n in survivors]
     rows: list[tuple[str, str]] = []
-    qualifier = (f"for {cfg.short()} (8-bit), abstraction cross-checked against spec")
+    against = f"the {mutant} twin" if mutant else "spec"
+    qualifier = f"for {cfg.short()} (8-bit), abstraction cross-checked against {against}"
     for n in proved:
         rows.append((n, f"proved by induction {qualifier}"))
     cex = None
