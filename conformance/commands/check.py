@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--level", choices=["pool", "manager", "content", "hybrid", "all"], default="all",
         help="which level to check (default all: pool, then manager where the target has one; "
-        "content, which needs torch, only when asked for)",
+        "content, which needs torch, and hybrid only when asked for)",
     )
     parser.add_argument(
         "--device", default="cpu",
