@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-LEVELS = ("pool", "manager", "content", "all")
+LEVELS = ("pool", "manager", "content", "hybrid", "all")
 RUN_PROFILE = "kvspec-run"
 """The Hypothesis profile --kvspec-db and --kvspec-replay load, on top of the loaded one."""
 

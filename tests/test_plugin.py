@@ -183,3 +183,11 @@ def test_a_database_run_is_random_even_under_hypothesis_ci_profile(project, monk
         "    assert settings.default.database is not None\n"))
     assert run(project, "-n", "0").ret == 1  # the CI profile alone derandomizes
     run(project, "-n", "0", "--kvspec-db", "db").assert_outcomes(passed=1)
+
+
+def test_the_hybrid_level_is_collected_when_named(project):
+    result = run(project, "--kvspec-target", "impl", "--kvspec-level", "hybrid",
+                 "--kvspec-only", "--collect-only", "-q")
+    assert [x for x in result.stdout.lines if x.startswith("kvspec::")] == [
+        "kvspec::hybrid[current-strict]::test_exhaustive",
+        "kvspec::hybrid[current-strict]::test_random"]
