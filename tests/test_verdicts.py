@@ -5,7 +5,10 @@ the same step, and the situations the random phase claims to reach are reached."
 from __future__ import annotations
 
 import ast
+import fcntl
+import os
 import pathlib
+import pickle
 
 import pytest
 from kvspec.conformance.engines.pipeline import run_check
@@ -85,12 +88,26 @@ def test_a_return_value_divergence_shows_both_sides_after_the_same_step() -> Non
 @pytest.fixture(scope="module", params=[("pool", impl_pool_factory),
                                         ("manager", impl_manager_factory)],
                 ids=["pool", "manager"])
-def ci_run(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """One random run per level under the ci profile, shared by the coverage tests."""
+def ci_run(request: pytest.FixtureRequest,  # type: ignore[no-untyped-def]
+           tmp_path_factory: pytest.TempPathFactory):
+    """One random run per level under the ci profile, shared by the coverage tests, and by
+    pytest-xdist workers: the first to need it runs it (seed 0, so every run is the same),
+    the others read its result."""
     level, factory = request.param
-    result = run_check(factory, level=level, settings_name="ci", exhaustive=False, **QUICK)
-    assert result.passed, result.failure
-    return result
+    # This session's folder, the same for every worker (a worker's own is one level down).
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    path = shared / f"ci-run-{level}.pickle"
+    with open(shared / f"ci-run-{level}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        result = run_check(factory, level=level, settings_name="ci", exhaustive=False,
+                           **QUICK)
+        assert result.passed, result.failure
+        path.write_bytes(pickle.dumps(result))
+        return result
 
 
 def test_every_named_situation_is_reached_under_the_ci_profile(ci_run) -> None:
