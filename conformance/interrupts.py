@@ -37,7 +37,11 @@ class CtrlC:
         raise KeyboardInterrupt
 
     def _unraisable(self, unraisable: Any) -> None:
-        if not (self.pressed and unraisable.exc_type is KeyboardInterrupt):
+        # ctypes reports a press during a foreign call's argument conversion (z3's
+        # ``__del__``) as an ArgumentError naming the KeyboardInterrupt.
+        is_press = (unraisable.exc_type is KeyboardInterrupt
+                    or "KeyboardInterrupt" in str(unraisable.exc_value))
+        if not (self.pressed and is_press):
             self.hook(unraisable)
 
     def check(self) -> None:

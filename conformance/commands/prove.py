@@ -164,15 +164,20 @@ def run(args: argparse.Namespace) -> int:
 def _z3_interrupts() -> Iterator[None]:
     """Ctrl-C that Python drops (raised inside a z3 object's ``__del__``, it is reported as
     "ignored" and the proof goes on) is raised again at the next z3 query
-    (:class:`~kvspec.conformance.interrupts.CtrlC`)."""
+    (:class:`~kvspec.conformance.interrupts.CtrlC`), and one that z3 caught inside a query
+    is raised when the query returns, whichever caller asked it."""
     import z3
     from kvspec.conformance.interrupts import CtrlC
+    from kvspec.spec.symbolic.encoding import raise_if_interrupted
 
     check = z3.Solver.check
 
     def checked(self: z3.Solver, *assumptions: Any) -> Any:
         ctrl_c.check()
-        return check(self, *assumptions)
+        verdict = check(self, *assumptions)
+        if verdict == z3.unknown:  # z3 answers "unknown" to a press it caught itself
+            raise_if_interrupted(self)
+        return verdict
 
     z3.Solver.check = checked  # type: ignore[method-assign]
     try:
