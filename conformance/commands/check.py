@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
     parser.add_argument(
         "--exhaustive-seconds", type=non_negative_float, default=None,
-        help="time budget of the exhaustive engine per level (0: skip it; default from "
-        "--settings)",
+        help="CPU-time budget of the exhaustive engine per level, in seconds (0: skip it; "
+        "default from --settings)",
     )
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="example database folder")
     parser.add_argument("--no-db", action="store_true", help="do not read or write the database")

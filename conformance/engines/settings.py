@@ -20,7 +20,8 @@ class Effort:
     max_examples: int
     steps: int
     exhaustive_seconds: float
-    """Time the exhaustive engine may spend per level (it stops at a completed depth)."""
+    """CPU seconds the exhaustive engine may spend per level (it stops at a completed
+    depth)."""
 
 
 # Steps per example are at least Hypothesis's default (50), which the pytest plugin and
