@@ -12,7 +12,7 @@ from kvspec.conformance.hybrid.targets import (
 )
 from kvspec.conformance.levels import get_level
 from kvspec.conformance.mutants.hybrid import TouchAndAllocatePerGroup
-from kvspec.conformance.outcome import Divergence
+from kvspec.conformance.outcome import Divergence, OutsideScope
 from kvspec.conformance.trace import Step, Trace
 from kvspec.spec import hybrid as sh
 from kvspec.spec import hybrid_invariants as hi
@@ -163,3 +163,19 @@ def test_the_worked_example_of_docs_hybrid_md() -> None:
     assert (hits, num) == ([[1, 2], [0, 0, 0, 7]], 8)
     assert sh.allocate_slots(m, b, 3, num, hits) == [[8], [6, 4]]
     assert sh.get_block_ids(m, "b") == [[1, 2, 8], [0, 0, 0, 7, 6, 4]]
+
+
+def test_a_finished_request_is_never_scheduled_again() -> None:
+    """Freed with computed tokens, a request has finished (preemption zeroes them): the
+    exhaustive engine once allocated for it again, and the spec null-padded the window's
+    skipped blocks where impl gave real ones, a false alarm (thorough, depth 5)."""
+    driver = start_driver(impl_hybrid_factory,
+                          HybridConfig(6, (("full", 2, None), ("sliding", 2, 3))))
+    for step in [Step("add_request", {"request_id": "r0", "prompt_token_ids": [1, 2, 3, 4]}),
+                 Step("allocate_slots", {"request_id": "r0", "num_new_tokens": 3}),
+                 Step("set_num_computed_tokens", {"request_id": "r0",
+                                                  "num_computed_tokens": 4}),
+                 Step("free", {"request_id": "r0"})]:
+        driver.apply(step)
+    with pytest.raises(OutsideScope, match="finished"):
+        driver.apply(Step("allocate_slots", {"request_id": "r0", "num_new_tokens": 1}))

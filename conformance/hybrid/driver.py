@@ -305,6 +305,11 @@ class HybridDriver:
                 looked_up != rid:
             raise OutsideScope(n, f"{step.describe()} adopts hits without looking "
                                f"{rid!r} up right before")
+        if step.op == "allocate_slots" and rid in self.requests and \
+                rid not in self.spec.running and self.requests[rid].num_computed_tokens:
+            raise OutsideScope(n, f"{step.describe()}: {rid!r} was freed with computed "
+                               "tokens, so it finished; a scheduler never schedules a "
+                               "finished request again (a preempted one restarts from 0)")
         if step.op == "get_computed_blocks" and rid in self.requests and any(
                 sh.get_block_ids(self.spec, rid)):
             raise OutsideScope(n, f"{step.describe()}: {rid!r} holds blocks; a scheduler "
