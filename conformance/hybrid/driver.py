@@ -21,7 +21,9 @@ After each step, in this order:
    request's tables per group and fine hashes.
 
 Only ``strict`` mode exists: the target must make exactly the spec's choices. A step the
-protocol never sends (an admission without its lookup, hits not from the lookup) is
+protocol never sends (hits adopted without the lookup right before, or not from it; a
+lookup of a request that holds blocks; computed tokens beyond the allocated slots; an
+allocation for a request freed with computed tokens, which has finished) is
 :class:`~kvspec.conformance.outcome.OutsideScope`.
 """
 
