@@ -146,6 +146,13 @@ def test_a_report_path_that_cannot_be_written_is_refused_before_any_work(
     assert err == f"kvspec check: {message}"
 
 
+def test_a_page_for_a_level_kvspec_show_cannot_draw_is_refused_before_any_work(
+        capsys, empty_folder):
+    err = refused(["check", "--level", "content", "--html", "page.html"], capsys, empty_folder)
+    assert err == ("kvspec check: --html: kvspec show cannot draw a content level trace "
+                   "(it draws pool, manager, hybrid)")
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["bench", "queue", "--sizes", "0"],
      "kvspec bench queue: argument --sizes: pool sizes, comma-separated: expected a whole "

@@ -28,6 +28,19 @@ MANAGER_STEPS = {
     ],
 }
 
+#: A hybrid-level failure (the zoo's hybrid-group-id-dropped): a full-attention group and a
+#: sliding window, block size 2 each; the second group's block gets the first group's hash.
+HYBRID_STEPS = {
+    "format": "kvspec-trace", "version": 1, "level": "hybrid",
+    "config": {"num_blocks": 3, "groups": [["full", 2, None], ["sliding", 2, 3]],
+               "enable_caching": True, "profile": "current", "mode": "strict",
+               "compare_hashes": True},
+    "steps": [
+        {"op": "add_request", "args": {"request_id": "r0", "prompt_token_ids": [1, 2]}},
+        {"op": "allocate_slots", "args": {"request_id": "r0", "num_new_tokens": 2}},
+    ],
+}
+
 
 def panels(page: str) -> list[str]:
     return re.findall(r"<section class='step ([a-z-]+)'", page)
@@ -87,6 +100,17 @@ def test_a_manager_trace_shows_each_requests_block_table(tmp_path):
     assert "data-observation='request r1'" in text
 
 
+def test_a_hybrid_trace_shows_one_block_table_per_request_and_group(tmp_path):
+    page = tmp_path / "hybrid.html"
+    replayed = write_html(Trace.from_json(HYBRID_STEPS), "mutant:hybrid-group-id-dropped", page)
+    text = page.read_text()
+    assert panels(text) == ["ok", "divergent"]
+    assert replayed.divergence is not None and replayed.divergence.caught_by == "block_hash"
+    assert "data-observation='request r0, group 0'" in text
+    assert "data-observation='request r0, group 1'" in text
+    assert write_html(Trace.from_json(HYBRID_STEPS), "impl", page).divergence is None
+
+
 def test_kvspec_show_writes_the_page_and_says_the_verdict(tmp_path, capsys):
     trace = tmp_path / "six.json"
     trace.write_text(json.dumps(SIX_STEPS))
@@ -106,7 +130,7 @@ def test_kvspec_show_writes_the_page_and_says_the_verdict(tmp_path, capsys):
         ("{}", "impl", "not a kvspec-trace file (format=None)"),
         (json.dumps(SIX_STEPS), "nopkg:factory", "--target 'nopkg:factory': cannot import"),
         (json.dumps(dict(SIX_STEPS, level="content", steps=[])), "impl",
-         "show: a content level trace; expected a level of pool, manager"),
+         "show: a content level trace; expected a level of pool, manager, hybrid"),
     ],
 )
 def test_kvspec_show_refuses_what_it_cannot_draw_in_one_line(tmp_path, capsys, content,

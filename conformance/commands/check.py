@@ -28,6 +28,7 @@ from kvspec.conformance.commands import (
 )
 from kvspec.conformance.engines.pipeline import CheckResult
 from kvspec.conformance.engines.settings import DEFAULT_DB, SETTINGS_ENV, SETTINGS_PROFILES
+from kvspec.conformance.show.frames import SHOWN_LEVELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +209,9 @@ def prepare(args: argparse.Namespace, levels: list[str]) -> dict[str, Any]:
                                         dtype=args.dtype))
         except ValueError as exc:
             raise UsageError(f"--level {level}: {exc}") from None
+        if args.html is not None and level not in SHOWN_LEVELS:
+            raise UsageError(f"--html: kvspec show cannot draw a {level} level trace "
+                             f"(it draws {', '.join(SHOWN_LEVELS)})")
         factory = lv.load_factory(args.target)
         check_factory(level, factory, args.target, profile=args.profile)
         factories[level] = factory

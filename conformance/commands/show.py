@@ -13,7 +13,7 @@ from kvspec.conformance.commands import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", help="a kvspec-trace JSON file (pool or manager level)")
+    parser.add_argument("trace", help="a kvspec-trace JSON file (pool, manager or hybrid level)")
     parser.add_argument("--html", type=Path, required=True, metavar="OUT",
                         help="where to write the page")
     parser.add_argument("--target", default="impl",

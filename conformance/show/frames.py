@@ -18,7 +18,7 @@ from kvspec.conformance.report import count_steps
 from kvspec.conformance.trace import Step, Trace
 
 #: Levels whose drivers the page can read (the content level's state is K/V bytes).
-SHOWN_LEVELS = ("pool", "manager")
+SHOWN_LEVELS = ("pool", "manager", "hybrid")
 
 
 @dataclass
@@ -103,7 +103,7 @@ def replay_frames(trace: Trace, target: str | Any = "impl", *, target_name: str 
 
 def _views(driver: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both sides' observations after the driver's last step, as the reports show them."""
-    if hasattr(driver, "target_obs"):  # the manager driver (the pool driver has target_snap)
+    if hasattr(driver, "target_obs"):  # manager and hybrid drivers (the pool's: target_snap)
         return driver.observe_spec().view(), driver.target_obs.view()
     from kvspec.conformance.pool.driver import view
     from kvspec.spec.invariants import snapshot

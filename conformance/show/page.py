@@ -5,7 +5,8 @@ from a CI artifact or a mail attachment with no network, and shows the same thin
 everywhere. Layout: a verdict line, then the fresh state and one panel per step, each with
 the spec and the target side by side; in each side the pool as a row of blocks (ref
 count, hash, the null block marked), the free queue in eviction order, the block tables
-(per request at the manager level; at the pool level, the blocks each step handed out),
+(per request at the manager level, per request and KV-cache group at the hybrid level; at
+the pool level, the blocks each step handed out),
 and the counters. What a step changed is outlined; where the sides disagree the
 observation is marked on both; the divergent step is the red panel.
 """
@@ -151,11 +152,15 @@ def _side(view: dict[str, Any], before: dict[str, Any], other: dict[str, Any],
                         for b in view["free_queue"]) or "<span class='meta'>empty</span>"
         rows.append(_row("free queue", "<span class='arrow'>evicted first &rarr;</span>"
                          f"<div class='blocks queue'>{queue}</div>", {"free_queue"} & differs))
-    if level == "manager":
+    if level in ("manager", "hybrid"):
         tables = view.get("tables") or {}
         for request, ids in tables.items():
-            rows.append(_row(f"request {request}", _ids(ids),
-                             {"tables"} & differs))
+            if level == "manager":
+                rows.append(_row(f"request {request}", _ids(ids), {"tables"} & differs))
+                continue
+            for group, group_ids in enumerate(ids):  # hybrid: one table per group
+                rows.append(_row(f"request {request}, group {group}", _ids(group_ids),
+                                 {"tables"} & differs))
         if not tables:
             rows.append(_row("block tables", "<span class='meta'>none</span>",
                              {"tables"} & differs))
