@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from kvspec.conformance.cli import Parser
 from kvspec.impl.block_store import BlockStore
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -330,7 +331,7 @@ def report(rows: Sequence[Row], store: BlockStore, args: argparse.Namespace) -> 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kvspec bench store",
         description="Block-store copy_blocks and gather bandwidth against a plain copy and "
         "the contenders.",

@@ -22,7 +22,6 @@ the three runs. ``--clock wall`` times wall-clock seconds instead.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from dataclasses import replace
@@ -31,6 +30,7 @@ from typing import Any
 import hypothesis
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test, initialize, rule
 from kvspec.benchmarks._harness import CPU_CLOCK, WALL_CLOCK, Clock, format_machine_info
+from kvspec.conformance.cli import Parser
 from kvspec.conformance.engines.randomized import hypothesis_settings, make_machine
 from kvspec.conformance.level import Harness, Level, Move, Recorder, RunOptions
 from kvspec.conformance.levels import get_level
@@ -114,7 +114,7 @@ def measure(level_name: str, examples: int, repeats: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvspec bench check", description=__doc__)
+    parser = Parser(prog="kvspec bench check", description=__doc__)
     parser.add_argument("--examples", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--levels", default="pool,manager")

@@ -20,10 +20,10 @@ the spread.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from kvspec.benchmarks._harness import format_machine_info, format_table
+from kvspec.conformance.cli import Parser
 
 
 def _bmc_depth(n: int, budget: float, incremental: bool, max_depth: int) -> tuple[int, float]:
@@ -133,7 +133,7 @@ def _manager() -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvspec bench prove", description=__doc__.split("\n")[0])
+    parser = Parser(prog="kvspec bench prove", description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds per BMC run, induction run and search (default 60)")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],

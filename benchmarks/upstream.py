@@ -64,6 +64,7 @@ from kvspec.benchmarks.pool_ops import (
     save_trace,
 )
 from kvspec.benchmarks.pool_trace import TraceShape
+from kvspec.conformance.cli import Parser
 
 DEFAULT_OPS = 100_000
 #: Big enough that eviction by reuse happens all the time, small enough to stay in cache.
@@ -323,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kvspec bench upstream",
         description="kvspec's BlockPool and KVCacheManager against upstream vLLM 0.33.0's",
     )

@@ -191,6 +191,15 @@ def test_a_bad_option_is_one_line_not_the_whole_usage(capsys):
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("bench", ["queue", "pool", "store", "upstream", "check", "prove"])
+def test_every_benchmark_refuses_a_bad_option_in_one_line(bench, capsys):
+    assert main(["bench", bench, "--no-such-option"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"kvspec bench {bench}: unrecognized arguments: --no-such-option "
+                   f"(see kvspec bench {bench} --help)\n")
+
+
 @pytest.mark.parametrize(("target", "message"), [
     ("broken_factories:half_a_pool", "returned a HalfAPool, which lacks the PoolTarget"),
     ("nosuchmodule:f", "cannot import module 'nosuchmodule'"),
