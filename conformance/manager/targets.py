@@ -157,7 +157,7 @@ class ImplManager(RequestRegistry):
         return self.manager.get_block_ids(request_id)
 
     def request_block_hashes(self, request_id: str) -> list[bytes]:
-        return [bytes(h) for h in self._request(request_id, "request_block_hashes").block_hashes]
+        return list(self._request(request_id, "request_block_hashes").block_hashes)
 
     def get_prefix_cache_stats(self) -> tuple[int, ...] | None:
         stats = self.manager.get_prefix_cache_stats()
