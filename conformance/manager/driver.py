@@ -767,8 +767,11 @@ class _Effect:
 
 
 def _copy_request(request: Request) -> Request:
-    """An independent copy of a spec request (its hashes are copied, not recomputed)."""
-    twin = copy.copy(request)
+    """An independent copy of a spec request (its hashes are copied, not recomputed).
+    Field by field, not ``copy.copy``: the exhaustive engine copies every request of every
+    world it explores."""
+    twin = object.__new__(type(request))
+    twin.__dict__.update(request.__dict__)
     twin.output_token_ids = list(request.output_token_ids)
     twin.block_hashes = list(request.block_hashes)
     return twin
