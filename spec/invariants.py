@@ -196,13 +196,17 @@ def eviction_order(snap: PoolSnapshot) -> list[str]:
     if not snap.check_queue_order:
         return []
     position = {b: i for i, b in enumerate(snap.free_queue)}
+    holders_of: dict[bytes, list[int]] = {}
+    for b, hb in enumerate(snap.block_hash):
+        if hb is not None:
+            holders_of.setdefault(hb, []).append(b)
     out: list[str] = []
     for x in snap.free_queue:
         h = snap.block_hash[x]
         parent = snap.parent_of.get(h) if h is not None else None
         if parent is None:
             continue
-        holders = [b for b, hb in enumerate(snap.block_hash) if hb == parent]
+        holders = holders_of.get(parent, [])
         safe = any(snap.ref_cnt[b] > 0 or position.get(b, -1) > position[x] for b in holders)
         if not safe:
             where = ", ".join(f"{b}@{position.get(b)}" for b in holders) or "no block"

@@ -27,8 +27,9 @@ from kvspec.conformance.pool.targets import TargetSpecError, impl_pool_factory
 from kvspec.conformance.report import write_failure
 from kvspec.conformance.trace import Step, Trace
 
+# One CPU second of exhaustive search (dev gives it three): these tests size the random phase.
 QUICK = {"level": "manager", "max_examples": 60, "database": None, "progress": False,
-         "seed": 7}
+         "seed": 7, "exhaustive_seconds": 1.0}
 MANAGER_MUTANTS = [n for n, m in MUTANTS.items() if m.level == "manager"]
 
 

@@ -14,7 +14,10 @@ from kvspec.conformance.pool.targets import impl_pool_factory
 from kvspec.conformance.report import pytest_function, write_failure
 from kvspec.conformance.trace import Step, Trace, TraceError
 
-QUICK = {"max_examples": 60, "database": None, "progress": False, "seed": 7}
+# One CPU second of exhaustive search (dev gives it three): these tests size the random
+# phase (the mutant zoo's tests hold the exhaustive engine to its shortest failures).
+QUICK = {"max_examples": 60, "database": None, "progress": False, "seed": 7,
+         "exhaustive_seconds": 1.0}
 
 
 @pytest.mark.parametrize("profile", ["current", "classic"])

@@ -201,3 +201,28 @@ def test_a_spec_bug_in_a_lookup_is_reported_though_lookups_leave_the_state_alone
         replay_manager(impl_manager_factory, ManagerConfig(4, 2), steps)
     assert manager_failure.value.spec_error and len(manager_failure.value.steps) == 2
     assert manager_failure.value.caught_by.startswith("spec:")
+
+
+def test_a_spec_bug_that_breaks_only_a_manager_invariant_in_a_lookup_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manager driver skips the spec's manager invariants when nothing their snapshot
+    is built from changed; statistics changed by a lookup (a spec bug that leaves the pool
+    alone) are a change, and are judged."""
+    from kvspec.conformance.manager.driver import ManagerConfig
+    from kvspec.conformance.manager.driver import replay_steps as replay_manager
+    from kvspec.spec import manager as spec_manager
+
+    real_computed = spec_manager.get_computed_blocks
+
+    def computed_counts_a_request(m, request):  # type: ignore[no-untyped-def]
+        m.stats.requests += 1  # the spec bug: a lookup counted as an admission
+        return real_computed(m, request)
+
+    monkeypatch.setattr(spec_manager, "get_computed_blocks", computed_counts_a_request)
+    steps = [Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}),
+             Step("get_computed_blocks", {"request_id": "a"})]
+    with pytest.raises(Divergence) as failure:
+        replay_manager(impl_manager_factory, ManagerConfig(4, 2), steps)
+    assert failure.value.spec_error and len(failure.value.steps) == 2
+    assert failure.value.caught_by == "spec:stats-match-hits"

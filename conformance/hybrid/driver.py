@@ -517,7 +517,9 @@ def _hit_pair(result: Any) -> tuple[tuple[tuple[int, ...], ...], int]:
 
 
 def _copy_request(request: Request) -> Request:
-    twin = copy.copy(request)
+    """An independent copy, field by field (``copy.copy`` costs several times more)."""
+    twin = object.__new__(type(request))
+    twin.__dict__.update(request.__dict__)
     twin.output_token_ids = list(request.output_token_ids)
     twin.block_hashes = list(request.block_hashes)
     return twin

@@ -232,7 +232,8 @@ class ManagerDriver:
         self.waived: dict[str, str] = {}
         """Invariants no longer checked, each with why (see :meth:`check`)."""
         self._spec_pool_held: PoolSnapshot | None = None
-        self._spec_manager_held: tuple[mi.ManagerSnapshot, tuple[str, ...]] | None = None
+        self._spec_manager_held: tuple[Hashable, dict[int, mi.BlockContent],
+                                       list[mi.Admission]] | None = None
         """The last spec snapshots every invariant held on (see :meth:`_check_spec`)."""
 
     # ------------------------------------------------------------------ helpers
@@ -447,8 +448,13 @@ class ManagerDriver:
         if step.op == "get_computed_blocks":
             req = self.requests[step.args["request_id"]]
             ids, num = _pair(target_result)
-            facts.target_hits = (mi.hit_view(req, ids, num),)
-            facts.spec_hits = (mi.hit_view(req, *effect.result),)
+            # Both views carry the same true content: computed once for the two.
+            content = mi.request_content(req)
+            spec_ids, spec_num = effect.result
+            facts.target_hits = (mi.HitView(req.request_id, req.num_tokens, tuple(ids), num,
+                                            content),)
+            facts.spec_hits = (mi.HitView(req.request_id, req.num_tokens, tuple(spec_ids),
+                                          spec_num, content),)
         elif step.op == "allocate_slots":
             self._commit_allocation(step, effect, target_result, before)
             if target_result is not None and before is not None:
@@ -698,9 +704,10 @@ class ManagerDriver:
         Invariants are functions of a snapshot alone, so a snapshot equal to the last one
         that held them holds them too: the pool's are not run again after a step that left
         the spec's pool as it was (and handed out nothing), the manager's not after one
-        that left their whole snapshot as it was.
+        that left everything their snapshot is built from as it was (compared as plain
+        tuples and the driver's own records, without building the snapshot).
         """
-        spec_snap = self._snapshot(spec_obs, facts.spec_hits, sm.prefix_cache_stats(self.spec))
+        stats = sm.prefix_cache_stats(self.spec)
         manager_names = [n for n in mi.MANAGER_INVARIANTS if n not in self.waived]
         spec_broken: dict[str, list[str]] = {}
         pool_key = None if facts.allocated else spec_obs.pool
@@ -709,9 +716,22 @@ class ManagerDriver:
                                             spec_obs.hashes)
             spec_broken.update(check_pool(plain, POOL_NAMES_BUT_ALLOCATION))
             spec_broken.update(check_pool(masked, [ALLOCATION_INVARIANT]))
-        manager_key = (spec_snap, tuple(manager_names))
-        if manager_key != self._spec_manager_held:
+        # Everything the manager snapshot is built from, in plain tuples (cheaper to build
+        # and compare than the snapshot); the driver's records are compared as they are.
+        tables, running = spec_obs.tables, self.running
+        manager_key = (
+            spec_obs.pool.ref_cnt,
+            tuple((rid, req.num_tokens, req.num_computed_tokens, tables[rid])
+                  for rid, req in self.requests.items() if rid in running or tables[rid]),
+            facts.spec_hits, stats.as_tuple(), tuple(manager_names),
+        )
+        held = self._spec_manager_held
+        if (held is None or held[0] != manager_key or held[1] != self.contents
+                or held[2] != self.admissions):
+            spec_snap = self._snapshot(spec_obs, facts.spec_hits, stats)
             spec_broken.update(mi.check_all(spec_snap, manager_names))
+            held = None if spec_broken else (
+                manager_key, spec_snap.block_content, list(self.admissions))
         for name, msgs in spec_broken.items():
             assumes = mi.MANAGER_INVARIANTS[name].assumes.get(self.profile.name) if (
                 name in mi.MANAGER_INVARIANTS) else None
@@ -721,7 +741,7 @@ class ManagerDriver:
             self.waived[name] = (f"since step {len(self.steps)}, which leaves the usage "
                                  f"discipline it assumes ({assumes}): {'; '.join(msgs)}")
         self._spec_pool_held = pool_key
-        self._spec_manager_held = None if spec_broken else manager_key
+        self._spec_manager_held = held
 
     def compare_observations(
         self, target: Observation | None = None, spec: Observation | None = None
@@ -747,8 +767,11 @@ class _Effect:
 
 
 def _copy_request(request: Request) -> Request:
-    """An independent copy of a spec request (its hashes are copied, not recomputed)."""
-    twin = copy.copy(request)
+    """An independent copy of a spec request (its hashes are copied, not recomputed).
+    Field by field, not ``copy.copy``: the exhaustive engine copies every request of every
+    world it explores."""
+    twin = object.__new__(type(request))
+    twin.__dict__.update(request.__dict__)
     twin.output_token_ids = list(request.output_token_ids)
     twin.block_hashes = list(request.block_hashes)
     return twin

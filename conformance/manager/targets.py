@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from kvspec.conformance.manager.protocol import (
@@ -36,6 +37,9 @@ BUILTIN_MANAGER_TARGETS: dict[str, str] = {
     "impl": "kvspec.conformance.manager.targets:impl_manager_factory",
     "vllm": "kvspec.conformance.upstream.vllm_manager:vllm_manager_factory",
 }
+
+
+_read_stats = attrgetter(*STATS_FIELDS)
 
 
 class ImplManager(RequestRegistry):
@@ -139,7 +143,10 @@ class ImplManager(RequestRegistry):
             key = blocks[block_id].block_hash
         else:
             key = self.manager.block_pool.get_block(block_id, "block_hash").block_hash
-        return None if key is None else bytes(get_block_hash(key))
+        if key is None:
+            return None
+        h = get_block_hash(key)
+        return h if h.__class__ is bytes else bytes(h)
 
     def free_block_ids(self) -> list[int]:
         queue = self.manager.block_pool.free_block_queue
@@ -150,13 +157,13 @@ class ImplManager(RequestRegistry):
         return self.manager.get_block_ids(request_id)
 
     def request_block_hashes(self, request_id: str) -> list[bytes]:
-        return [bytes(h) for h in self._request(request_id, "request_block_hashes").block_hashes]
+        return list(self._request(request_id, "request_block_hashes").block_hashes)
 
     def get_prefix_cache_stats(self) -> tuple[int, ...] | None:
         stats = self.manager.get_prefix_cache_stats()
         if stats is None:
             return None
-        return tuple(int(getattr(stats, name)) for name in STATS_FIELDS)
+        return tuple(map(int, _read_stats(stats)))
 
     def __repr__(self) -> str:
         m = self.manager

@@ -118,7 +118,10 @@ class ImplPool:
             key = blocks[block_id].block_hash
         else:
             key = self._block(block_id, "block_hash").block_hash
-        return None if key is None else bytes(get_block_hash(key))
+        if key is None:
+            return None
+        h = get_block_hash(key)
+        return h if h.__class__ is bytes else bytes(h)
 
     def free_block_ids(self) -> list[int]:
         return [block.block_id for block in self.pool.free_block_queue.get_all_free_blocks()]
