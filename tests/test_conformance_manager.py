@@ -82,6 +82,44 @@ def test_a_hit_on_a_block_popped_as_new_is_reported_as_a_double_allocation() -> 
     assert info.value.caught_by == "no-double-allocation"
 
 
+class _OverAllocating:
+    """kvspec's manager, but every ``allocate_slots`` reserves two lookahead slots more
+    than asked, so it hands out blocks the spec does not."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def allocate_slots(self, request_id: str, num_new_tokens: int,
+                       num_new_computed_tokens: int = 0, new_computed_blocks: tuple = (),
+                       num_lookahead_tokens: int = 0) -> list[int] | None:
+        return self.inner.allocate_slots(request_id, num_new_tokens, num_new_computed_tokens,
+                                         new_computed_blocks, num_lookahead_tokens + 2)
+
+
+def over_allocating_factory(num_blocks: int, block_size: int, *, enable_caching: bool = True,
+                            profile: str = "current") -> _OverAllocating:
+    return _OverAllocating(impl_manager_factory(num_blocks, block_size,
+                                                enable_caching=enable_caching,
+                                                profile=profile))
+
+
+def test_blocks_the_target_hands_out_beyond_the_specs_are_blamed_on_the_target() -> None:
+    """The spec is judged on the blocks *it* handed out: a target returning more is a
+    target failure, never a spec error."""
+    steps = [
+        Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}),
+        *admit("a", 3),
+    ]
+    config = ManagerConfig(num_blocks=5, block_size=2)
+    with pytest.raises(Divergence) as info:
+        replay_steps(over_allocating_factory, config, steps)
+    assert not info.value.caught_by.startswith("spec:"), info.value.message
+    assert info.value.caught_by == "allocate-result"
+
+
 def test_a_hash_that_ignores_the_parent_is_caught_by_content_when_bytes_are_not_compared(
 ) -> None:
     """With ``compare_hashes=False`` (a target hashing its own way) the harness's record of
