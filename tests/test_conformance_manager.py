@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from kvspec.conformance.commands.check import levels_to_run
@@ -118,6 +119,39 @@ def test_blocks_the_target_hands_out_beyond_the_specs_are_blamed_on_the_target()
         replay_steps(over_allocating_factory, config, steps)
     assert not info.value.caught_by.startswith("spec:"), info.value.message
     assert info.value.caught_by == "allocate-result"
+
+
+class _CachesPartialBlock:
+    """kvspec's manager, but ``allocate_slots`` also caches a trailing partial block it
+    handed out, under a made-up key."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def allocate_slots(self, request_id: str, *args: Any) -> list[int] | None:
+        new = self.inner.allocate_slots(request_id, *args)
+        pool = self.inner.manager.block_pool
+        for b in new or []:
+            if pool.get_block(b).block_hash is None:
+                pool.cache_block(pool.get_block(b), b"partial")
+        return new
+
+
+def test_a_cached_partial_block_is_named_as_such_in_the_report() -> None:
+    def factory(num_blocks: int, block_size: int, *, enable_caching: bool = True,
+                profile: str = "current") -> _CachesPartialBlock:
+        return _CachesPartialBlock(impl_manager_factory(
+            num_blocks, block_size, enable_caching=enable_caching, profile=profile))
+
+    steps = [Step("add_request", {"request_id": "a", "prompt_token_ids": [1]}), *admit("a", 1)]
+    with pytest.raises(Divergence) as info:
+        replay_steps(factory, ManagerConfig(num_blocks=3, block_size=2), steps)
+    assert info.value.caught_by == "no-double-allocation"
+    assert ("block 1 is block 0 of request 'a' (tokens 0..1), which has 0 full blocks: a "
+            "block that is not full was cached") in info.value.message
 
 
 def test_a_hash_that_ignores_the_parent_is_caught_by_content_when_bytes_are_not_compared(

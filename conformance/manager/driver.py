@@ -686,6 +686,9 @@ class ManagerDriver:
                 on_check(name)
             broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
             if broken:
+                if name == ALLOCATION_INVARIANT:
+                    broken += _why_new_blocks_hold_hashes(target, facts.allocated,
+                                                          self.config.block_size)
                 raise self.fail(name, "target: " + "; ".join(broken))
         stats = None if target.stats is None else sm.PrefixCacheStats(*target.stats)
         target_snap = self._snapshot(target, facts.target_hits, stats)
@@ -795,6 +798,29 @@ def _with_allocated(
                 own.add(b)
     block_hash = tuple(None if b in own else h for b, h in enumerate(pool.block_hash))
     return pool, dataclasses.replace(pool, block_hash=block_hash)
+
+
+def _why_new_blocks_hold_hashes(
+    target: Observation, allocated: dict[int, int], block_size: int
+) -> list[str]:
+    """For each block this step handed out that now holds a hash other than its request's
+    hash at its table position, where that position stands: past the request's full
+    blocks means a partial block was cached."""
+    notes: list[str] = []
+    for rid, table in target.tables.items():
+        hashes = target.hashes.get(rid, ())
+        for i, b in enumerate(table):
+            if b not in allocated or target.pool.block_hash[b] is None:
+                continue
+            if i >= len(hashes):
+                notes.append(
+                    f"block {b} is block {i} of request {rid!r} (tokens {i * block_size}.."
+                    f"{(i + 1) * block_size - 1}), which has {len(hashes)} full blocks: a "
+                    "block that is not full was cached")
+            elif target.pool.block_hash[b] != hashes[i]:
+                notes.append(f"block {b} holds a hash other than request {rid!r}'s hash for "
+                             f"its block {i}")
+    return notes
 
 
 def _pair(result: Any) -> tuple[list[int], int]:
