@@ -184,7 +184,7 @@ class _Suite:
         minimized = minimize(self.level, self.factory, self.options, failure)
         failure = minimized.failure
         words = "1-minimal" if minimized.reproduced else ""
-        if words and exhaustive is not None and len(failure.steps) == exhaustive.depth + 1:
+        if words and exhaustive is not None and len(failure.steps) == exhaustive.failing_depth:
             words += ", shortest in the exhaustive search"
         # One folder per engine: both may catch the same check with different sequences.
         trace_path, test_path = write_failure(failure, self.name, self.out / found_by)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from kvspec.conformance.commands.check import levels_to_run
@@ -81,6 +82,77 @@ def test_a_hit_on_a_block_popped_as_new_is_reported_as_a_double_allocation() -> 
     with pytest.raises(Divergence) as info:
         replay_steps(bad, config, steps)
     assert info.value.caught_by == "no-double-allocation"
+
+
+class _OverAllocating:
+    """kvspec's manager, but every ``allocate_slots`` reserves two lookahead slots more
+    than asked, so it hands out blocks the spec does not."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def allocate_slots(self, request_id: str, num_new_tokens: int,
+                       num_new_computed_tokens: int = 0, new_computed_blocks: tuple = (),
+                       num_lookahead_tokens: int = 0) -> list[int] | None:
+        return self.inner.allocate_slots(request_id, num_new_tokens, num_new_computed_tokens,
+                                         new_computed_blocks, num_lookahead_tokens + 2)
+
+
+def over_allocating_factory(num_blocks: int, block_size: int, *, enable_caching: bool = True,
+                            profile: str = "current") -> _OverAllocating:
+    return _OverAllocating(impl_manager_factory(num_blocks, block_size,
+                                                enable_caching=enable_caching,
+                                                profile=profile))
+
+
+def test_blocks_the_target_hands_out_beyond_the_specs_are_blamed_on_the_target() -> None:
+    """The spec is judged on the blocks *it* handed out: a target returning more is a
+    target failure, never a spec error."""
+    steps = [
+        Step("add_request", {"request_id": "a", "prompt_token_ids": [1, 2, 3]}),
+        *admit("a", 3),
+    ]
+    config = ManagerConfig(num_blocks=5, block_size=2)
+    with pytest.raises(Divergence) as info:
+        replay_steps(over_allocating_factory, config, steps)
+    assert not info.value.caught_by.startswith("spec:"), info.value.message
+    assert info.value.caught_by == "allocate-result"
+
+
+class _CachesPartialBlock:
+    """kvspec's manager, but ``allocate_slots`` also caches a trailing partial block it
+    handed out, under a made-up key."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def allocate_slots(self, request_id: str, *args: Any) -> list[int] | None:
+        new = self.inner.allocate_slots(request_id, *args)
+        pool = self.inner.manager.block_pool
+        for b in new or []:
+            if pool.get_block(b).block_hash is None:
+                pool.cache_block(pool.get_block(b), b"partial")
+        return new
+
+
+def test_a_cached_partial_block_is_named_as_such_in_the_report() -> None:
+    def factory(num_blocks: int, block_size: int, *, enable_caching: bool = True,
+                profile: str = "current") -> _CachesPartialBlock:
+        return _CachesPartialBlock(impl_manager_factory(
+            num_blocks, block_size, enable_caching=enable_caching, profile=profile))
+
+    steps = [Step("add_request", {"request_id": "a", "prompt_token_ids": [1]}), *admit("a", 1)]
+    with pytest.raises(Divergence) as info:
+        replay_steps(factory, ManagerConfig(num_blocks=3, block_size=2), steps)
+    assert info.value.caught_by == "no-double-allocation"
+    assert ("block 1 is block 0 of request 'a' (tokens 0..1), which has 0 full blocks: a "
+            "block that is not full was cached") in info.value.message
 
 
 def test_a_hash_that_ignores_the_parent_is_caught_by_content_when_bytes_are_not_compared(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import third_party_pool
+from kvspec.conformance.commands.check import how_minimal
 from kvspec.conformance.engines.pipeline import run_check
 from kvspec.conformance.engines.replay import replay_trace
 from kvspec.conformance.mutants import MUTANTS
@@ -101,3 +102,13 @@ def test_trace_files_are_versioned() -> None:
         Trace.from_json({**data, "version": 99})
     with pytest.raises(TraceError, match="unknown operation"):
         Trace.from_json({**data, "steps": [{"op": "explode", "args": {}}]})
+
+
+def test_a_failure_of_the_fresh_state_is_reported_as_one_not_as_depth_1() -> None:
+    """A target wrong before any step fails with an empty sequence: the exhaustive engine
+    says so, and that sequence is the shortest there is."""
+    result = run_check(MUTANTS["usage-counts-null"].factory, **QUICK)
+    assert result.failure is not None and result.failure.steps == []
+    assert result.found_by == "exhaustive"
+    assert "a failure in the fresh state, before any step" in result.exhaustive.describe()
+    assert how_minimal(result) == "1-minimal, shortest in the exhaustive search"

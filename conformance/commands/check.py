@@ -126,7 +126,7 @@ def how_minimal(result: CheckResult) -> str:
         return ""
     words = "1-minimal"
     e = result.exhaustive
-    if result.found_by == "exhaustive" and e is not None and len(failure.steps) == e.depth + 1:
+    if result.found_by == "exhaustive" and e is not None and len(failure.steps) == e.failing_depth:
         words += ", shortest in the exhaustive search"
     return words
 

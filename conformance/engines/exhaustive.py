@@ -52,12 +52,23 @@ class ExhaustiveResult:
     waived: frozenset[str] = frozenset()
     """Invariants waived on some explored state (its sequence left their discipline)."""
 
+    @property
+    def failing_depth(self) -> int | None:
+        """The length of the failure found (every shorter sequence was judged first): 0
+        when the fresh state already disagrees; None when none was found."""
+        if self.failure is None:
+            return None
+        return 0 if not self.failure.steps else self.depth + 1
+
     def describe(self) -> str:
         sizes = sorted({c.num_blocks for c in self.configs})
         where = f"{sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else f"{sizes[0]}"
         counts = f"{self.states:,} states, {self.transitions:,} steps judged"
         if self.failure is not None:
-            return (f"exhaustive at {where} blocks: a failure at depth {self.depth + 1}, "
+            if self.failing_depth == 0:
+                return (f"exhaustive at {where} blocks: a failure in the fresh state, "
+                        f"before any step ({counts})")
+            return (f"exhaustive at {where} blocks: a failure at depth {self.failing_depth}, "
                     f"every shorter sequence judged first ({counts})")
         tail = ", every reachable state" if self.complete else ""
         return f"exhaustive to depth {self.depth} at {where} blocks: {counts}{tail}"

@@ -193,6 +193,10 @@ class _StepFacts:
     target_hits: tuple[mi.HitView, ...] = ()
     spec_hits: tuple[mi.HitView, ...] = ()
     allocated: dict[int, int] = field(default_factory=dict)
+    """The blocks the target's ``allocate_slots`` returned, with their ref counts before."""
+    spec_allocated: dict[int, int] = field(default_factory=dict)
+    """The same for the spec's own result: the spec is judged on what *it* handed out, so
+    a target returning other blocks is never reported as a spec error."""
 
 
 class ManagerDriver:
@@ -380,9 +384,12 @@ class ManagerDriver:
                 f"{type(exc).__name__}: {exc}",
             ) from None
 
+        spec_ref_before = self.spec.pool.ref_cnt
         self.spec = trial
         facts = self._commit(step, effect, target_result, before)
-        target, spec = self.observe_target(), self.observe_spec(facts.allocated)
+        if step.op == "allocate_slots" and effect.result is not None:
+            facts.spec_allocated = {b: spec_ref_before[b] for b in effect.result}
+        target, spec = self.observe_target(), self.observe_spec(facts.spec_allocated)
         self.check(facts, target, spec)
         self._compare_result(step, effect.result, target_result)
         self.compare_observations(target, spec)
@@ -661,7 +668,7 @@ class ManagerDriver:
         observations."""
         facts = facts or _StepFacts()
         target = target or self.observe_target()
-        spec_obs = spec_obs or self.observe_spec(facts.allocated)
+        spec_obs = spec_obs or self.observe_spec(facts.spec_allocated)
         self.target_obs = target
         self._check_spec(spec_obs, facts)
         # Observations (hash bytes included) and lookup answers equal to the spec's, whose
@@ -685,6 +692,9 @@ class ManagerDriver:
                 on_check(name)
             broken = inv.check(target_pools[name == ALLOCATION_INVARIANT])
             if broken:
+                if name == ALLOCATION_INVARIANT:
+                    broken += _why_new_blocks_hold_hashes(target, facts.allocated,
+                                                          self.config.block_size)
                 raise self.fail(name, "target: " + "; ".join(broken))
         stats = None if target.stats is None else sm.PrefixCacheStats(*target.stats)
         target_snap = self._snapshot(target, facts.target_hits, stats)
@@ -710,9 +720,9 @@ class ManagerDriver:
         stats = sm.prefix_cache_stats(self.spec)
         manager_names = [n for n in mi.MANAGER_INVARIANTS if n not in self.waived]
         spec_broken: dict[str, list[str]] = {}
-        pool_key = None if facts.allocated else spec_obs.pool
+        pool_key = None if facts.spec_allocated else spec_obs.pool
         if pool_key is None or pool_key != self._spec_pool_held:
-            plain, masked = _with_allocated(spec_obs.pool, facts.allocated, spec_obs.tables,
+            plain, masked = _with_allocated(spec_obs.pool, facts.spec_allocated, spec_obs.tables,
                                             spec_obs.hashes)
             spec_broken.update(check_pool(plain, POOL_NAMES_BUT_ALLOCATION))
             spec_broken.update(check_pool(masked, [ALLOCATION_INVARIANT]))
@@ -811,6 +821,29 @@ def _with_allocated(
                 own.add(b)
     block_hash = tuple(None if b in own else h for b, h in enumerate(pool.block_hash))
     return pool, dataclasses.replace(pool, block_hash=block_hash)
+
+
+def _why_new_blocks_hold_hashes(
+    target: Observation, allocated: dict[int, int], block_size: int
+) -> list[str]:
+    """For each block this step handed out that now holds a hash other than its request's
+    hash at its table position, where that position stands: past the request's full
+    blocks means a partial block was cached."""
+    notes: list[str] = []
+    for rid, table in target.tables.items():
+        hashes = target.hashes.get(rid, ())
+        for i, b in enumerate(table):
+            if b not in allocated or target.pool.block_hash[b] is None:
+                continue
+            if i >= len(hashes):
+                notes.append(
+                    f"block {b} is block {i} of request {rid!r} (tokens {i * block_size}.."
+                    f"{(i + 1) * block_size - 1}), which has {len(hashes)} full blocks: a "
+                    "block that is not full was cached")
+            elif target.pool.block_hash[b] != hashes[i]:
+                notes.append(f"block {b} holds a hash other than request {rid!r}'s hash for "
+                             f"its block {i}")
+    return notes
 
 
 def _pair(result: Any) -> tuple[list[int], int]:

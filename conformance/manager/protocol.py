@@ -62,9 +62,11 @@ Semantics of each method (``current`` profile unless noted; SEMANTICS.md section
     *first*, then pop the new blocks from the free queue front, then cache the blocks
     that became full, ``[num_cached, min(num_computed + num_new_computed + num_new,
     num_tokens) // block_size)``, under the request's block hashes (lookahead slots and
-    partial blocks never). Returns only the newly popped block ids. A request's first
-    successful allocation while it has no blocks and 0 computed tokens is its
-    *admission*: statistics count it once (below).
+    partial blocks never). ``num_cached`` is how many leading blocks of the table are
+    already cached: the adopted hits, then every block an earlier allocation cached
+    (0 again after ``free`` or ``preempt``). Returns only the newly popped block ids. A
+    request's first successful allocation while it has no blocks and 0 computed tokens is
+    its *admission*: statistics count it once (below).
 ``free(request_id)``
     The request finished or was aborted: release its table *reversed* (tail first, so its
     longest, least shared prefixes are evicted before the head every hit needs) and
@@ -84,9 +86,17 @@ Semantics of each method (``current`` profile unless noted; SEMANTICS.md section
 ``get_block_ids(request_id) -> list[int]``
     The request's block table (``[]`` when it holds none).
 ``request_block_hashes(request_id) -> list[bytes]``
-    The request's chained hashes, one per full block (root: ``sha256(pickle("vllm-none-
-    hash"))``; each block ``sha256(pickle((parent, tuple(tokens), extra_keys)))``, pickle
-    protocol 5). kvspec compares these bytes with the spec's, since other processes (KV
+    The request's chained hashes, one per full block: block ``i`` is
+    ``sha256(pickle((parent, tuple(tokens), extra_keys)))``, pickle protocol 5, where
+    ``parent`` is block ``i - 1``'s hash or, for block 0, the root
+    ``sha256(pickle(seed))`` with ``seed`` the value of ``PYTHONHASHSEED`` when it is set,
+    else ``"vllm-none-hash"``. ``extra_keys`` is ``None`` for a block without keys, else
+    the tuple of its keys in the order LoRA (every block), then cache salt (block 0 only):
+    ``(("lora", name, ""), ("cache_salt", salt))`` in ``current``, ``(name, salt)`` in
+    ``classic``. Pickle writes a repeated *object* as a back-reference but a repeated
+    *equal* string in full, so pickle with every equal ``str`` shared as one object (a
+    LoRA name equal to the salt then gives the same bytes whatever the objects'
+    identity). kvspec compares these bytes with the spec's, since other processes (KV
     events, connectors, offline tools) read them, unless the factory says
     ``opaque_hashes = True`` (it hashes another way): then no hash bytes are compared,
     and the harness's record of what each block holds judges every hit.
@@ -95,7 +105,8 @@ Semantics of each method (``current`` profile unless noted; SEMANTICS.md section
     Cumulative since construction. Each admission adds 1 request, the request's
     ``num_tokens`` queries and the hit tokens it adopted; admissions of a request
     preempted before go to the ``preempted_`` fields instead (upstream 0.33.0). Failed or
-    repeated lookups count nothing. ``None``: the target keeps no statistics, and they are
+    repeated lookups count nothing, and with caching off nothing is counted (no lookup
+    happens). ``None``: the target keeps no statistics, and they are
     not checked.
 
 Trusted inputs

@@ -8,7 +8,8 @@ driven the same way.
 Identifiers
     Blocks are named by integer ids ``0 .. num_blocks - 1``. Block 0 is the *null
     block*: a placeholder that is never handed out, never queued, never hashed.
-    Content hashes are ``bytes``.
+    A fresh pool's free queue is ``1 .. num_blocks - 1`` in id order (block 1 is handed
+    out first). Content hashes are ``bytes``.
 
 Refusals
     A target refuses an operation by raising any exception. A refused operation must
@@ -31,12 +32,16 @@ are listed in the README's profile table):
     Drop one reference from each block. Blocks reaching 0 re-enter the free queue: in
     ``classic`` all at the tail in the given order; in ``current`` unhashed ones at the
     head (``prepend_n``, given order) and hashed ones at the tail (given order). The
-    first id is therefore evicted first. Refused when any block would go below 0, or
-    an id is out of range; nothing changes then. ``current`` skips the null block.
+    first id is therefore evicted first. Refused when any non-null block would go below
+    0 (an id repeated in one call counts each time), or an id is out of range; nothing
+    changes then. ``current`` skips the null block; ``classic`` decrements it too (its
+    count drifts and may go negative, which is not refused) and never queues it.
 ``cache_block(block_id, block_hash)``
     A full block enters the prefix cache under ``block_hash``. Several blocks may hold
     the same hash (no deduplication). Refused for the null block, a block with ref
-    count 0, or a block that already carries a hash.
+    count 0, or a block that already carries a hash, and always when the pool was built
+    with ``enable_caching=False`` (no block ever carries a hash then, and
+    ``get_cached_block`` returns ``None``).
 ``get_cached_block(block_hash)``
     One block holding ``block_hash`` (the first inserted that still holds it), or
     ``None``. Pure: no reference count or queue change.
