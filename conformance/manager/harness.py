@@ -17,7 +17,8 @@ Why the arguments look the way they do (see HARNESS.md):
   from ``allocate_slots`` and preemption only happen under pressure;
 * some requests carry a LoRA adapter or a cache salt, and the adapter's name is the same
   string as a tenant's salt (and the empty salt, which must mean "no salt", is among the
-  salts): a manager that keys them without saying which is which mixes two tenants;
+  salts), and some carry both (the keys' order is then part of the bytes): a manager that
+  keys them without saying which is which mixes two tenants;
 * follow-up turns repeat a finished request's tokens (outputs included), so its whole
   history is a prefix hit while it stays cached, often at ref count 0 near the queue's end;
 * hits adopted by ``allocate_slots`` are the ones ``get_computed_blocks`` returns (the
@@ -62,6 +63,7 @@ TENANT = "x"
 """One string used both as a LoRA adapter's name and as a tenant's cache salt."""
 IDENTITIES: tuple[tuple[str | None, str | None], ...] = (
     (None, None), (None, None), (None, None), (TENANT, None), (None, TENANT), (None, ""),
+    (TENANT, TENANT),
 )
 """(lora_name, cache_salt) choices, plain requests the most common."""
 MAX_TOKENS = 14
@@ -88,6 +90,7 @@ SITUATIONS = (
     "duplicate-hash",
     "evict-one-of-duplicates",
     "lora-salt-collision",
+    "lora-and-salt",
     "cannot-schedule",
     "preemption",
     "long-chain",
@@ -206,6 +209,8 @@ class ManagerHarness(Harness):
         if any((lora is not None and r.cache_salt == lora) or
                (salt and r.lora is not None and r.lora.name == salt) for r in known):
             self.note("lora-salt-collision")
+        if lora is not None and salt:
+            self.note("lora-and-salt")
         out = self.do("add_request", request_id=rid, prompt_token_ids=list(prompt),
                       lora_name=lora, cache_salt=salt)
         if out.refused is None:

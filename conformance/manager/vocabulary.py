@@ -4,9 +4,9 @@ Every operation of the manager protocol, each with every value of a small argume
 block size 2:
 
 * ``add_request`` of a new id, up to three requests: a two-block prompt, plain, under a
-  LoRA adapter named ``x`` and under a tenant salted ``x`` (the same string in two roles);
-  and a prompt sharing its first block, with a partial second one; and of an id already
-  added (bad input);
+  LoRA adapter named ``x``, under a tenant salted ``x`` (the same string in two roles), and
+  under both; and a prompt sharing its first block, with a partial second one; and of an
+  id already added (bad input);
 * ``get_computed_blocks``, ``free`` and ``preempt`` of every request and of an unknown id;
 * ``allocate_slots`` of every request with 0, 1, 2 or 4 new tokens, with or without the hits
   ``get_computed_blocks`` returns now (the protocol's trusted input), one lookahead slot;
@@ -35,6 +35,7 @@ NEW_REQUESTS: tuple[tuple[tuple[int, ...], str | None, str | None], ...] = (
     ((1, 2, 3, 4), None, None),
     ((1, 2, 3, 4), TENANT, None),
     ((1, 2, 3, 4), None, TENANT),
+    ((1, 2, 3, 4), TENANT, TENANT),
     ((1, 2, 5), None, None),
 )
 """(prompt, lora_name, cache_salt) of each request the vocabulary adds."""

@@ -322,6 +322,29 @@ class ExtraKeysUntagged(_HasherMutant):
         return _request_block_hasher(block_size, profile, extra_keys=_untagged_keys)
 
 
+def _salt_first_keys(
+    request: Request, start: int, end: int, profile: str
+) -> tuple[Any, ...] | None:
+    keys = generate_block_hash_extra_keys(request, start, end, profile=profile)
+    if keys is None or start != 0 or not request.cache_salt:
+        return keys
+    return (keys[-1], *keys[:-1])  # the salt, then the rest
+
+
+class SaltBeforeLoRA(_HasherMutant):
+    """A salted LoRA request's first block puts the cache salt before the LoRA key.
+
+    Each key is still tagged, so no two tenants collide and prefix caching works within
+    one process; but the bytes are not the protocol's, so a cache shared across engines
+    (a KV connector, disaggregated prefill) never hits between this manager and another.
+    Only a request with both an adapter and a salt shows it.
+    """
+
+    @staticmethod
+    def make_hasher(block_size: int, profile: str) -> Callable[[Request], list[BlockHash]]:
+        return _request_block_hasher(block_size, profile, extra_keys=_salt_first_keys)
+
+
 def weak_hash(obj: Any) -> bytes:
     """One byte of SHA-256: 256 possible keys, so distinct prefixes collide."""
     return hashlib.sha256(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).digest()[:1]
@@ -363,6 +386,7 @@ def _mutants() -> list[Mutant]:
         manager("stats-every-attempt", StatsCountedOnEveryAttempt),
         manager("free-keeps-cached-count", FreeKeepsCachedCount),
         manager("extra-keys-untagged", ExtraKeysUntagged),
+        manager("salt-before-lora", SaltBeforeLoRA),
     ]
 
 
