@@ -24,6 +24,8 @@ GROUP_CONFIGS: tuple[tuple[GroupTuple, ...], ...] = (
     (("sliding", 2, 3), ("sliding", 2, 5)),
     (("full", 2, None), ("full", 4, None)),
     (("full", 4, None), ("sliding", 2, 3), ("sliding", 4, 2)),
+    (("sliding", 2, 3), ("sliding", 2, 2)),
+    (("full", 2, None), ("sliding", 2, 5), ("sliding", 2, 3)),
 )
 POOL_SIZES = (6, 7, 8, 10, 12, 16, 24, 40)
 
