@@ -11,6 +11,11 @@ Why the arguments look the way they do:
 * prompts are a prefix of one of three token sequences (two share their first eight
   tokens) plus a short tail, so hits, partial hits and hits that one group serves and
   another does not are common; follow-up turns repeat a finished request's tokens;
+* requests sharing *any* number of an earlier request's tokens (a system prompt, an
+  earlier turn) arrive several at a time and are looked up: the groups' windows give back
+  different numbers of blocks, so which groups serve a shared prefix changes along it,
+  and a lookup sees a hit cut short by one group only where its length ends at such a
+  place; lookups at several lengths find those places;
 * pools of 6-40 blocks, 2-4 tokens per block and windows of 2-5 tokens: windows slide
   within a short request, and pressure makes eviction, reuse and ``None`` common;
 * external tokens are at most the tokens left before the last one (the connector never
