@@ -63,6 +63,7 @@ SITUATIONS = (
     "window-hit-cut-by-a-later-group",
     "fixed-point-second-pass",
     "external-tokens",
+    "hit-in-reach-of-connector-blocks",
     "window-slid",
     "cannot-schedule",
     "preemption",
@@ -178,8 +179,11 @@ class HybridHarness(Harness):
         if external:
             args["num_external_computed_tokens"] = external
             self.note("external-tokens")
+        in_reach = external and self._hit_in_reach(hits, num_hit + external)
         if self.allocate(s, **args):
             self.update(s, state="running", pending=num_hit + external + num_new)
+            if in_reach:
+                self.note("hit-in-reach-of-connector-blocks")
 
     def _note_hits(self, hits: list[list[int]], num_hit: int) -> None:
         if not num_hit:
@@ -190,6 +194,27 @@ class HybridHarness(Harness):
             self.note("hit-on-evictable-block")
         if any(sh.NULL_BLOCK in g for g in hits):
             self.note("sliding-hit-with-nulls")
+
+    def _hit_in_reach(self, hits: list[list[int]], computed: int) -> bool:
+        """Were the groups admitted one after another, each adopting its hits and then
+        taking blocks for the connector's tokens, a group would take another group's hit
+        (at ref count 0, still in the free queue) before that group adopts it. Adopting
+        every group's hits first is what keeps it."""
+        pool, groups = self.spec.pool, self.spec.groups
+        queue = list(pool.free_queue)
+        kept = [[b for b in h[sh.skipped_blocks(g, computed):] if b != sh.NULL_BLOCK]
+                for g, h in zip(groups, hits, strict=True)]
+        for gid, g in enumerate(groups):
+            queue = [b for b in queue if b not in kept[gid]]
+            later = {b for k in kept[gid + 1:] for b in k}
+            skip = sh.skipped_blocks(g, computed)
+            h = hits[gid]
+            taken = -(-computed // g.block_size) - max(skip, len(h))
+            if taken > 0:
+                if later & set(queue[:taken]):
+                    return True
+                queue = queue[taken:]
+        return False
 
     def _note_search(self, req: Any, hits: list[list[int]], num_hit: int) -> None:
         """How hard the lookup was (see :func:`search_passes`): a target whose search over
