@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 from kvspec.conformance.engines.pipeline import run_check
 from kvspec.conformance.hybrid.driver import HybridConfig, start_driver
+from kvspec.conformance.hybrid.harness import longest_group_hit, search_passes
 from kvspec.conformance.hybrid.targets import (
     hybrid_factory_for,
     impl_hybrid_factory,
     load_hybrid_factory,
 )
 from kvspec.conformance.levels import get_level
-from kvspec.conformance.mutants.hybrid import TouchAndAllocatePerGroup
+from kvspec.conformance.mutants.hybrid import FixedPointOnePass, TouchAndAllocatePerGroup
 from kvspec.conformance.outcome import Divergence, OutsideScope
 from kvspec.conformance.trace import Step, Trace
 from kvspec.spec import hybrid as sh
@@ -50,6 +51,17 @@ def test_impl_hybrid_coordinator_conforms_to_the_spec(profile: str) -> None:
     assert set(hi.HYBRID_INVARIANTS) <= set(result.stats.invariant_checks)
     assert {"external-tokens", "sliding-hit-with-nulls", "window-slid",
             "hit-on-evictable-block", "preemption"} <= set(result.stats.situations)
+
+
+def test_every_named_situation_is_reached_under_the_ci_profile() -> None:
+    """The hit search's hard cases included: a window's hit cut short by a group searched
+    after it, and a second pass over the groups changing the hit (where a search that
+    stops after one pass is wrong)."""
+    result = run_check(impl_hybrid_factory, level="hybrid", settings_name="ci", seed=0,
+                       database=None, progress=False, exhaustive=False)
+    assert result.passed, result.failure
+    missing = [s for s in result.situations if not result.stats.situations[s]]
+    assert not missing, f"not reached under ci: {missing}"
 
 
 def test_a_hit_ends_on_a_boundary_of_every_group() -> None:
@@ -99,6 +111,42 @@ def test_external_tokens_get_blocks_after_every_hit_is_adopted() -> None:
             broken.apply(step)
     assert caught.value.caught_by == "one-group-per-block"
     assert caught.value.step_index == len(DOUBLE_HANDOUT)
+
+
+#: A connector's tokens carry the request past blocks the narrower (later) window never
+#: fills, so that window serves only the shorter prefix that another request cached.
+WINDOW_GAP = [
+    Step("add_request", {"request_id": "a", "prompt_token_ids": [0, 1, 2]}),
+    Step("allocate_slots", {"request_id": "a", "num_new_tokens": 3}),
+    Step("add_request", {"request_id": "b", "prompt_token_ids": list(range(7))}),
+    Step("allocate_slots", {"request_id": "b", "num_new_tokens": 1,
+                            "num_external_computed_tokens": 5}),
+    Step("add_request", {"request_id": "c", "prompt_token_ids": [0, 1, 2, 3, 4, 99]}),
+    Step("get_computed_blocks", {"request_id": "c"}),
+]
+
+
+def test_a_later_window_that_cuts_the_hit_makes_the_search_come_back() -> None:
+    """Windows of 3 then 2 tokens, both at 2 per block: the first serves 4 tokens of c,
+    the second only 2, and at 2 tokens the first window reads block 0, not the block 1 it
+    held at 4. The coverage helpers say so; a one-pass search answers wrongly."""
+    config = HybridConfig(8, (("sliding", 2, 3), ("sliding", 2, 2)))
+    driver = start_driver(impl_hybrid_factory, config)
+    for step in WINDOW_GAP[:-1]:
+        driver.apply(step)
+    m, req = driver.spec, driver.requests["c"]
+    assert [longest_group_hit(m, req, gid, 5) for gid in (0, 1)] == [4, 2]
+    changes, first_pass = search_passes(m, req, 5)
+    assert first_pass == {0: 4, 1: 2} and changes == 1
+    hits, num = sh.get_computed_blocks(m, req)
+    assert num == 2 and sh.NULL_BLOCK not in hits[0]
+    assert (sh.group_hit(m, req, 0, 4) or [])[:1] == [sh.NULL_BLOCK]
+    driver.apply(WINDOW_GAP[-1])
+    broken = start_driver(hybrid_factory_for(FixedPointOnePass), config)
+    with pytest.raises(Divergence) as caught:
+        for step in WINDOW_GAP:
+            broken.apply(step)
+    assert caught.value.caught_by == "computed-blocks"
 
 
 def test_hybrid_traces_round_trip_through_json() -> None:

@@ -11,6 +11,11 @@ Why the arguments look the way they do:
 * prompts are a prefix of one of three token sequences (two share their first eight
   tokens) plus a short tail, so hits, partial hits and hits that one group serves and
   another does not are common; follow-up turns repeat a finished request's tokens;
+* requests sharing *any* number of an earlier request's tokens (a system prompt, an
+  earlier turn) arrive several at a time and are looked up: the groups' windows give back
+  different numbers of blocks, so which groups serve a shared prefix changes along it,
+  and a lookup sees a hit cut short by one group only where its length ends at such a
+  place; lookups at several lengths find those places;
 * pools of 6-40 blocks, 2-4 tokens per block and windows of 2-5 tokens: windows slide
   within a short request, and pressure makes eviction, reuse and ``None`` common;
 * external tokens are at most the tokens left before the last one (the connector never
@@ -54,7 +59,11 @@ SITUATIONS = (
     "hit-in-every-group",
     "hit-on-evictable-block",
     "sliding-hit-with-nulls",
+    "hit-cut-by-another-group",
+    "window-hit-cut-by-a-later-group",
+    "fixed-point-second-pass",
     "external-tokens",
+    "hit-in-reach-of-connector-blocks",
     "window-slid",
     "cannot-schedule",
     "preemption",
@@ -80,6 +89,9 @@ def _prompt(rng: random.Random) -> tuple[int, ...]:
 INDEX = Domain(integers(0, 7))
 TOKEN = Domain(one_of(SAMPLED_TOKENS))
 LOOKAHEAD = Domain(integers(0, 2))
+#: How many of an earlier request's tokens a new one shares: any number (taken modulo its
+#: length), or (negative) all but a few, where its windows gave back blocks last.
+SHARED_LENGTHS = (*range(24), *range(-6, 0), *range(-6, 0))
 EXTERNAL = Domain(one_of((0, 0, 1, 2, 3, 5)))
 CHUNK = Domain(integers(1, 12))
 
@@ -155,6 +167,7 @@ class HybridHarness(Harness):
             return
         hits, num_hit = out.result
         self._note_hits(hits, num_hit)
+        self._note_search(req, hits, num_hit)
         external = max(0, min(external, req.num_tokens - 1 - num_hit))
         num_new = max(1, min(chunk, req.num_tokens - num_hit - external))
         args: dict[str, Any] = {"num_new_tokens": num_new}
@@ -166,8 +179,11 @@ class HybridHarness(Harness):
         if external:
             args["num_external_computed_tokens"] = external
             self.note("external-tokens")
+        in_reach = external and self._hit_in_reach(hits, num_hit + external)
         if self.allocate(s, **args):
             self.update(s, state="running", pending=num_hit + external + num_new)
+            if in_reach:
+                self.note("hit-in-reach-of-connector-blocks")
 
     def _note_hits(self, hits: list[list[int]], num_hit: int) -> None:
         if not num_hit:
@@ -178,6 +194,46 @@ class HybridHarness(Harness):
             self.note("hit-on-evictable-block")
         if any(sh.NULL_BLOCK in g for g in hits):
             self.note("sliding-hit-with-nulls")
+
+    def _hit_in_reach(self, hits: list[list[int]], computed: int) -> bool:
+        """Were the groups admitted one after another, each adopting its hits and then
+        taking blocks for the connector's tokens, a group would take another group's hit
+        (at ref count 0, still in the free queue) before that group adopts it. Adopting
+        every group's hits first is what keeps it."""
+        pool, groups = self.spec.pool, self.spec.groups
+        queue = list(pool.free_queue)
+        kept = [[b for b in h[sh.skipped_blocks(g, computed):] if b != sh.NULL_BLOCK]
+                for g, h in zip(groups, hits, strict=True)]
+        for gid, g in enumerate(groups):
+            queue = [b for b in queue if b not in kept[gid]]
+            later = {b for k in kept[gid + 1:] for b in k}
+            skip = sh.skipped_blocks(g, computed)
+            h = hits[gid]
+            taken = -(-computed // g.block_size) - max(skip, len(h))
+            if taken > 0:
+                if later & set(queue[:taken]):
+                    return True
+                queue = queue[taken:]
+        return False
+
+    def _note_search(self, req: Any, hits: list[list[int]], num_hit: int) -> None:
+        """How hard the lookup was (see :func:`search_passes`): a target whose search over
+        the groups stops early is wrong only in the last two situations."""
+        m = self.spec
+        if not m.pool.enable_caching or len(m.groups) < 2:
+            return
+        cap = max(req.num_tokens - 1, 0)
+        if any(longest_group_hit(m, req, gid, cap) > num_hit for gid in range(len(m.groups))):
+            self.note("hit-cut-by-another-group")
+        changes, first_pass = search_passes(m, req, cap)
+        for gid, length in first_pass.items():
+            g = m.groups[gid]
+            if g.kind == sh.SLIDING and length > num_hit:
+                longer = sh.group_hit(m, req, gid, length) or []
+                if longer[:num_hit // g.block_size] != list(hits[gid]):
+                    self.note("window-hit-cut-by-a-later-group")
+        if changes >= 2:
+            self.note("fixed-point-second-pass")
 
     @move(index=INDEX, chunk=CHUNK, lookahead=LOOKAHEAD, weight=4,
           enabled=lambda h: bool(h.idle_running()))
@@ -322,6 +378,66 @@ class HybridHarness(Harness):
         self.add_like(self.requests.index(source), cut, ())
         if self.requests[-1].state == "waiting":
             self.schedule(len(self.with_state("waiting")) - 1, chunk, 0, external, token)
+
+
+    @move(index=INDEX, shared=Domain(sequences(SHARED_LENGTHS, 1, 4)),
+          tail=Domain(sequences(TAIL_TOKENS, 0, 2)), chunk=CHUNK, external=EXTERNAL,
+          token=TOKEN, weight=3, enabled=lambda h: h.has_room() and bool(h.requests))
+    def branch(self, index: int, shared: tuple[int, ...], tail: tuple[int, ...], chunk: int,
+               external: int, token: int) -> None:
+        """Requests sharing the first tokens of an earlier one, each a different number of
+        them (a system prompt, an earlier turn of a conversation), arrive together and are
+        looked up; all but the last leave before admission, the last is scheduled. Their
+        lookups meet the earlier request's cached prefix where it is now, at several
+        lengths: the windows have given back their oldest blocks, each group a different
+        number of them, and eviction took some, so groups may serve different parts of it
+        and the hit search must come back to a group after another cut the hit short."""
+        old = self.request(self.requests[index % len(self.requests)])
+        tokens = tuple(old.all_token_ids)
+        for i, n in enumerate(shared):
+            keep = n % len(tokens) + 1 if n >= 0 else max(len(tokens) + n, 1)
+            self.add(tokens[:keep] + tail)
+            if self.requests[-1].state != "waiting":
+                return
+            waiting = len(self.with_state("waiting")) - 1
+            if i < len(shared) - 1:
+                s = self.requests[-1]
+                out = self.do("get_computed_blocks", request_id=s.request_id)
+                if out.refused is None and out.result is not None:
+                    self._note_hits(*out.result)
+                    self._note_search(self.request(s), *out.result)
+                self.abort(waiting)
+            else:
+                self.schedule(waiting, chunk, 0, external, token)
+
+
+def longest_group_hit(m: sh.HybridState, req: Any, group_id: int, max_length: int) -> int:
+    """The longest hit, at most ``max_length`` tokens and a multiple of the lcm, that group
+    ``group_id`` alone can serve (by the spec's :func:`~kvspec.spec.hybrid.group_hit`)."""
+    step = m.alignment
+    for length in range(max_length - max_length % step, 0, -step):
+        if sh.group_hit(m, req, group_id, length) is not None:
+            return length
+    return 0
+
+
+def search_passes(m: sh.HybridState, req: Any, max_length: int) -> tuple[int, dict[int, int]]:
+    """The hit search as upstream runs it: passes over the groups (full attention first,
+    then by id), each group cutting the length to the longest it alone serves, until a
+    pass changes nothing. Returns how many passes changed the length (2 or more: one pass
+    is not enough) and, per group, the length it served in the first pass (a sliding
+    group that served more than the final hit must search again: its window then reads
+    other blocks)."""
+    order = sorted(range(len(m.groups)), key=lambda gid: m.groups[gid].kind != sh.FULL)
+    length, changes, first_pass = max_length - max_length % m.alignment, 0, {}
+    while True:
+        new = length
+        for gid in order:
+            new = longest_group_hit(m, req, gid, new)
+            first_pass.setdefault(gid, new)
+        if new == length:
+            return changes, first_pass
+        length, changes = new, changes + 1
 
 
 def start(factory: Any, config: HybridConfig, options: RunOptions,

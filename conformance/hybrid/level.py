@@ -14,9 +14,13 @@ from kvspec.conformance.level import Level, RunOptions
 
 #: The group configurations the random engine plays: full attention beside a sliding
 #: window of the same and of a different block size, two windows, two full-attention
-#: groups of different sizes, and three groups, whose last window is the narrowest but
-#: has the widest blocks (so its hits are not nested in the other window's: the hit
-#: search must come back to the first window after the last one shortens the hit).
+#: groups of different sizes, and three with a window listed *after* another that gives
+#: back blocks the earlier one still reads: three groups whose last window is the
+#: narrowest but has the widest blocks, two windows whose later one fits in a block, and
+#: full attention beside two windows, the later one narrower. Where the later window has
+#: given a block back (and it was evicted, or never filled past a connector's tokens)
+#: its hit is shorter, and the hit search must come back to the earlier window, whose
+#: blocks at the shorter length are others (a one-pass search is wrong only there).
 GROUP_CONFIGS: tuple[tuple[GroupTuple, ...], ...] = (
     (("full", 2, None), ("sliding", 2, 4)),
     (("full", 4, None), ("sliding", 2, 3)),
@@ -24,6 +28,8 @@ GROUP_CONFIGS: tuple[tuple[GroupTuple, ...], ...] = (
     (("sliding", 2, 3), ("sliding", 2, 5)),
     (("full", 2, None), ("full", 4, None)),
     (("full", 4, None), ("sliding", 2, 3), ("sliding", 4, 2)),
+    (("sliding", 2, 3), ("sliding", 2, 2)),
+    (("full", 2, None), ("sliding", 2, 5), ("sliding", 2, 3)),
 )
 POOL_SIZES = (6, 7, 8, 10, 12, 16, 24, 40)
 
