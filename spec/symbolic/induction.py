@@ -113,8 +113,18 @@ def houdini(
     candidate is asked.
     """
     s0, s1 = SymState(cfg, "h0", width), SymState(cfg, "h1", width)
-    pre, post = _candidates(s0, mutant), _candidates(s1, mutant)
-    free_state = _candidates(SymState(cfg, "h2", width), mutant)
+    pre = _candidates(s0, mutant)
+    # The implication questions are asked of the pre-state's variables in a solver of
+    # their own, where nothing constrains them: a free state.
+    free_state = pre
+    post_terms: dict[str, z3.ExprRef] = {}
+
+    def post(name: str) -> z3.ExprRef:
+        """The full candidate of the post-state (built only when a pass needs it)."""
+        if not post_terms:
+            post_terms.update(_candidates(s1, mutant))
+        return post_terms[name]
+
     focused = encoding.focused_terms(s1, mutant, FOCUS_BLOCK)
     symmetric = encoding.symmetric_names(cfg)
     alive = [n for n in (candidates or list(pre))]
@@ -153,7 +163,7 @@ def houdini(
     # pass's solvers satisfies it already, so no answer changes, and later questions
     # are easier.
     while alive:
-        goal = focused if set(alive) <= symmetric else post
+        goal = focused if set(alive) <= symmetric else {n: post(n) for n in alive}
         order = sorted(alive, key=_rank)
         solvers = []
         for relation, _pairs in steps:
@@ -201,7 +211,7 @@ def houdini(
                         break
             if kept:
                 for solver, (_relation, pairs) in zip(solvers, steps, strict=True):
-                    solver.add(z3.substitute(post[name], *pairs))
+                    solver.add(z3.substitute(post(name), *pairs))
                 implied.add(free_state[name])
         if not failed:
             break
