@@ -8,8 +8,8 @@ Three tables:
    and with a fresh solver per query ("one-shot"). Runs use the checker's defaults
    (auxiliary facts checked as lemmas, symmetry breaking), with no help from induction:
    the depth is what bounded search alone reaches.
-2. Induction: the time Houdini takes to prove every invariant at once, and for each
-   invariant, the time of its own consecution query (one step from the inductive set).
+2. Induction: the time Houdini takes to prove every invariant at once (wall-clock and
+   CPU seconds), the relation's construction included.
 3. Mutants: for each symbolic mutant at the default size, the length of the shortest
    counterexample breaking an invariant, and of the shortest sequence after which the
    mutant and the spec differ, with the time to find each and prove it shortest.
@@ -38,38 +38,20 @@ def _bmc_depth(n: int, budget: float, incremental: bool, max_depth: int) -> tupl
     return reached[-1]
 
 
-def _induction(n: int, budget: float) -> tuple[float, dict[str, float], list[str]]:
-    import z3
-    from kvspec.spec.symbolic.encoding import SymState, auxiliary_terms, invariant_terms, transition
-    from kvspec.spec.symbolic.induction import DEFAULT_WIDTH, houdini
+def _induction(n: int, budget: float) -> tuple[float, float, list[str]]:
+    """(wall seconds, CPU seconds of this process, invariants not proved) for Houdini
+    over every invariant and auxiliary fact, the relation's construction included."""
+    from kvspec.spec.symbolic.bmc import all_invariant_names
+    from kvspec.spec.symbolic.induction import houdini
     from kvspec.spec.symbolic.model import ModelConfig
 
     cfg = ModelConfig(num_blocks=n)
-    t0 = time.monotonic()
-    alive, dropped, timed_out = houdini(cfg, deadline=t0 + budget)
-    total = time.monotonic() - t0
-    names = list(invariant_terms(SymState(cfg, "names")))
-    if timed_out:
-        return total, {}, names
-    s0, s1 = SymState(cfg, "b0", DEFAULT_WIDTH), SymState(cfg, "b1", DEFAULT_WIDTH)
-    pre = {**invariant_terms(s0), **auxiliary_terms(s0)}
-    post = {**invariant_terms(s1), **auxiliary_terms(s1)}
-    solver = z3.SolverFor("QF_BV")
-    solver.add(*transition(s0, s1, s0.op_var("op")))
-    solver.add(*[pre[a] for a in alive])
-    each: dict[str, float] = {}
-    for name in names:
-        if name not in alive:
-            continue
-        t = time.monotonic()
-        solver.push()
-        solver.add(z3.Not(post[name]))
-        verdict = solver.check()
-        solver.pop()
-        if verdict == z3.unsat:
-            each[name] = time.monotonic() - t
-    unproved = [nm for nm in names if nm not in each]
-    return total, each, unproved
+    t0, c0 = time.monotonic(), time.process_time()
+    alive, _dropped, timed_out = houdini(cfg, deadline=t0 + budget)
+    wall, cpu = time.monotonic() - t0, time.process_time() - c0
+    names = all_invariant_names(cfg)
+    unproved = names if timed_out else [nm for nm in names if nm not in alive]
+    return wall, cpu, unproved
 
 
 def _mutants(quick: bool) -> list[list[str]]:
@@ -176,16 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table([*header, "target"], rows))
 
     print("\nInduction (Houdini over the invariants and auxiliary facts; the relation's "
-          "construction included)")
+          "construction included; R=2, L=3, H=3 at every N; the target is judged on CPU "
+          "seconds of this process, which other work on the machine inflates less than "
+          "wall-clock)")
     irows: list[list[str]] = []
     for n in isizes:
-        total, _each, unproved = _induction(n, budget)
-        done = f"{total:.2f}" if not unproved or total < budget else f"> {budget:g}"
-        target = (f"< 10 s: {'met' if not unproved and total < 10 else 'NOT met'}"
+        wall, cpu, unproved = _induction(n, budget)
+        done = f"{wall:.2f}" if not unproved else f"> {budget:g}"
+        target = (f"< 10 s: {'met' if not unproved and cpu < 10 else 'NOT met'}"
                   if n == 32 else "")
-        irows.append([str(n), done, "all" if not unproved else "not all (time out)",
-                      target])
-    print(format_table(["N", "prove all (s)", "proved", "target"], irows))
+        irows.append([str(n), done, f"{cpu:.2f}",
+                      "all" if not unproved else "not all (time out)", target])
+    print(format_table(["N", "prove all (s)", "CPU s", "proved", "target"], irows))
 
     print(f"\nExplicit breadth-first search of the executable model at N={search_n}, "
           f"every invariant checked on every world, {budget:g} s")

@@ -125,14 +125,15 @@ def test_a_drift_found_while_decoding_is_reported_with_no_traceback(
 
 def test_a_strengthening_that_only_a_vacuous_relation_keeps_is_caught(monkeypatch):
     cfg = ModelConfig(num_blocks=3, table_len=2)
-    real_aux, real_transition = encoding.auxiliary_terms, encoding.transition
+    real_aux, real_step = encoding.auxiliary_terms, encoding.step_values
 
     def aux(s):
         return {**real_aux(s), "nothing-allocated": s.ref[1] == 0}
 
     monkeypatch.setattr(induction, "auxiliary_terms", aux)
-    monkeypatch.setattr(encoding, "transition",
-                        lambda *a, **k: [*real_transition(*a, **k), z3.BoolVal(False)])
+    # False in the relation every query is built from (transition and induction's).
+    monkeypatch.setattr(encoding, "step_values",
+                        lambda *a, **k: (z3.BoolVal(False), real_step(*a, **k)[1]))
     survivors, _dropped, _ = induction.houdini(cfg)
     assert "nothing-allocated" in survivors  # a contradiction keeps every candidate
     monkeypatch.setattr("kvspec.spec.symbolic.sanity.auxiliary_terms", aux)

@@ -33,7 +33,7 @@ A mutant name switches the few terms its bug changes (see :mod:`kvspec.spec.symb
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import z3
@@ -205,10 +205,12 @@ class SymState:
         ])
 
     def ref_of(self, block: Expr) -> Expr:
-        return _sel(self.ref, block)
+        """``ref[block]``; the null block's for an id out of range (which no reachable
+        state has), so that renaming blocks 1..N-1 renames the term too."""
+        return _sel(self.ref, block, self.ref[0])
 
     def hash_of(self, block: Expr) -> Expr:
-        return _sel(self.hash, block)
+        return _sel(self.hash, block, self.hash[0])
 
 
 def block_id(s: SymState, flags: list[Expr]) -> Expr:
@@ -391,15 +393,23 @@ class _Ops:
     def allocate2(self, q: int) -> _Effect:
         """``get_new_blocks(2)``: the two queued blocks nearest the front, front first."""
         s, n = self.s, self.n
-        rank = [s.count([z3.And(s.inq[c], s.ahead[c][b]) for c in range(n) if c != b])
-                for b in range(n)]
-        first = [z3.And(s.inq[b], rank[b] == 0) for b in range(n)]
-        second = [z3.And(s.inq[b], rank[b] == 1) for b in range(n)]
-        # Exactly one block at each of the two ranks: true of every queue the spec
-        # builds; an order with a cycle (which no reachable state has) disables the pop,
-        # as it disables allocate's.
+        # The front is the queued block ahead of every other queued block; the second is
+        # the queued block ahead of every other queued block but the front. The order
+        # holds one of ahead[a][b], ahead[b][a] for each pair (SymState._relation), so
+        # at most one block can be ahead of all others, and at most one of all others but
+        # the front: "some front and some second" is "exactly one of each", true of every
+        # queue the spec builds. (Counting the blocks ahead of each, as a rank, says the
+        # same with N counts of N terms; an order with a cycle, which no reachable state
+        # has, disables the pop either way, as it disables allocate's.)
+        first = s.at_front
+        second = [
+            z3.And(s.inq[b], z3.Not(first[b]),
+                   *[z3.Or(z3.Not(s.inq[c]), s.ahead[b][c], first[c])
+                     for c in range(n) if c != b])
+            for b in range(n)
+        ]
         e = _Effect(z3.And(s.len[q] + 2 <= self.cfg.table_len, s.num_free >= 2,
-                           s.count(first) == 1, s.count(second) == 1))
+                           z3.Or(first), z3.Or(second)))
         for b in range(n):
             popped = z3.Or(first[b], second[b])
             e.updates[f"inq[{b}]"] = z3.And(s.inq[b], z3.Not(popped))
@@ -597,6 +607,36 @@ class _Ops:
         raise ValueError(f"encoding: unknown operation kind {op.kind!r}")
 
 
+def step_values(
+    pre: SymState,
+    op_var: Expr,
+    mutant: str | None = None,
+    only: list[int] | None = None,
+) -> tuple[Expr, dict[str, Expr]]:
+    """(enabled, values): ``enabled`` says the chosen instance may happen from ``pre``;
+    ``values`` gives every variable of the post-state (by its tag-free name) as a term
+    over ``pre`` and ``op_var`` (defined even when the instance is not enabled, so two
+    relations can be compared from one state). A variable no chosen instance changes is
+    the pre-state's own variable."""
+    ops = all_ops(pre.cfg)
+    builder = _Ops(pre, mutant)
+    chosen = list(range(len(ops))) if only is None else only
+    effects = {i: builder.effect(ops[i]) for i in chosen}
+    enabled = z3.Or([z3.And(op_var == i, e.guard) for i, e in effects.items()])
+    values: dict[str, Expr] = {}
+    pre_vars = dict(pre.variables())
+    for name, old in pre_vars.items():
+        if name.startswith("before["):
+            values[name] = pre_vars[f"ref[{name[7:]}"]
+            continue
+        value = z3.BoolVal(False) if name.startswith("handed[") else old
+        for i, e in effects.items():
+            if name in e.updates:
+                value = z3.If(op_var == i, e.updates[name], value)
+        values[name] = value
+    return enabled, values
+
+
 def step_terms(
     pre: SymState,
     post: SymState,
@@ -604,29 +644,29 @@ def step_terms(
     mutant: str | None = None,
     only: list[int] | None = None,
 ) -> tuple[Expr, list[Expr]]:
-    """(enabled, definitions): ``enabled`` says the chosen instance may happen from
-    ``pre``; ``definitions`` fix every variable of ``post`` to its outcome (defined even
-    when the instance is not enabled, so two relations can be compared from one state)."""
-    ops = all_ops(pre.cfg)
-    builder = _Ops(pre, mutant)
-    chosen = list(range(len(ops))) if only is None else only
-    effects = {i: builder.effect(ops[i]) for i in chosen}
-    enabled = z3.Or([z3.And(op_var == i, e.guard) for i, e in effects.items()])
-    out: list[Expr] = []
+    """(enabled, definitions): :func:`step_values`, with ``definitions`` fixing every
+    variable of ``post`` to its value."""
+    enabled, values = step_values(pre, op_var, mutant, only)
+    return enabled, [new == values[name] for name, new in post.variables()]
+
+
+def frame_split(
+    pre: SymState, post: SymState, values: dict[str, Expr]
+) -> tuple[list[tuple[Expr, Expr]], list[Expr]]:
+    """(pairs, definitions): the variables of ``post`` the step leaves alone, each with
+    the pre-state's variable (pairs for ``z3.substitute``), and a definition of each
+    other one. A fact of the post-state, substituted, speaks of the pre-state's own
+    variables wherever the step changes nothing, so z3 sees those parts are the assumed
+    fact; the changed variables keep a name (one term, however often a fact reads it)."""
     pre_vars = dict(pre.variables())
-    for name, new in post.variables():
-        if name.startswith("before["):
-            out.append(new == pre_vars[f"ref[{name[7:]}"])
-            continue
-        if name.startswith("handed["):
-            value: Expr = z3.BoolVal(False)
+    pairs: list[tuple[Expr, Expr]] = []
+    definitions: list[Expr] = []
+    for name, var in post.variables():
+        if values[name].eq(pre_vars[name]):
+            pairs.append((var, pre_vars[name]))
         else:
-            value = pre_vars[name]
-        for i, e in effects.items():
-            if name in e.updates:
-                value = z3.If(op_var == i, e.updates[name], value)
-        out.append(new == value)
-    return enabled, out
+            definitions.append(var == values[name])
+    return pairs, definitions
 
 
 def transition(
@@ -685,9 +725,44 @@ def usage_numerator(s: SymState, mutant: str | None) -> Expr:
 
 def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
     """Every named invariant of :mod:`kvspec.spec.invariants` and the request invariants, in z3."""
+    return _invariant_terms(s, mutant, range(1, s.cfg.num_blocks))
+
+
+def auxiliary_terms(s: SymState) -> dict[str, Expr]:
+    """Candidate strengthening invariants for induction (see docs/prove.md for why each
+    is true). They speak of the encoding's bookkeeping (orders, table shape), so
+    they are not invariants of :mod:`kvspec.spec.invariants`, only of this model."""
+    return _auxiliary_terms(s, range(1, s.cfg.num_blocks))
+
+
+def focused_terms(s: SymState, mutant: str | None, block: int) -> dict[str, Expr]:
+    """Every invariant and auxiliary fact with its "for every non-null block b" part
+    said of ``block`` alone (the parts about the null block, counts, tables and orders
+    stay whole). The conjunction over blocks 1..N-1 of a focused term is the full term.
+
+    Induction asks of one block what it must show of all (see
+    :mod:`kvspec.spec.symbolic.induction`): the relation and every candidate are
+    unchanged by renaming blocks 1..N-1, so a step breaking a fact at some block b
+    becomes, renamed, one breaking it at ``block``."""
+    return {**_invariant_terms(s, mutant, [block]), **_auxiliary_terms(s, [block])}
+
+
+def symmetric_names(cfg: ModelConfig) -> frozenset[str]:
+    """The names :func:`focused_terms` focuses: every name of :func:`invariant_terms` and
+    :func:`auxiliary_terms`, each unchanged by renaming blocks 1..N-1 (a test checks this,
+    and that the relation is unchanged too)."""
+    from dataclasses import replace
+
+    # The names do not depend on the pool's size: ask the smallest pool for them.
+    probe = SymState(replace(cfg, num_blocks=2), "names")
+    return frozenset(invariant_terms(probe)) | frozenset(auxiliary_terms(probe))
+
+
+def _invariant_terms(s: SymState, mutant: str | None, blocks: Iterable[int]
+                     ) -> dict[str, Expr]:
     cfg = s.cfg
     n = cfg.num_blocks
-    non_null = range(1, n)
+    non_null = list(blocks)
     out: dict[str, Expr] = {}
     out["ref-nonnegative"] = z3.And([s.ref[b] >= 0 for b in non_null])
     out["free-iff-unreferenced"] = z3.And([s.inq[b] == (s.ref[b] == 0) for b in non_null])
@@ -699,18 +774,26 @@ def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
         z3.Implies(s.handed[b], z3.And(
             s.before[b] == 0, s.hash[b] == 0, *([s.ref[b] == 1] if b else [])
         ))
-        for b in range(n)
+        for b in [0, *non_null]
     ])
-    out["hash-index-consistent"] = z3.And([s.idx[b] == s.hash[b] for b in range(n)])
-    idle = z3.And([s.ref[b] <= 0 for b in non_null])
+    out["hash-index-consistent"] = z3.And([s.idx[b] == s.hash[b] for b in [0, *non_null]])
+    idle = z3.And([s.ref[b] <= 0 for b in range(1, n)])
     usage = usage_numerator(s, mutant)
     out["usage-excludes-null"] = z3.And(
         usage == (n - 1 - s.num_free) * n, z3.Implies(idle, usage == 0)
     )
-    used = s.count([s.ref[b] > 0 for b in non_null])
-    out["conservation"] = s.num_free + used == n - 1
+    # free + used, summed block by block: each block adds 1 if it is in exactly one of
+    # the two places, 2 if in both, 0 if in neither. The same number as the two counts
+    # added, written so that where every block is in exactly one place each summand is
+    # the constant 1, with no counting for the solver to reason about.
+    one, two, zero = s.const(1), s.const(2), s.const(0)
+    places = [z3.If(s.inq[0], one, zero)] + [
+        z3.If(s.inq[b] == (s.ref[b] > 0), z3.If(s.inq[b], two, zero), one)
+        for b in range(1, n)
+    ]
+    out["conservation"] = z3.Sum(places) == n - 1
     order: list[Expr] = []
-    for x in range(n):
+    for x in [0, *non_null]:
         for h in cfg.hashes:
             p = cfg.parent(h)
             if p == 0:
@@ -733,17 +816,18 @@ def invariant_terms(s: SymState, mutant: str | None = None) -> dict[str, Expr]:
                 continue
             body = [s.nc[q] == len(chain)]
             for j, c in enumerate(chain):
-                body += [s.tbl[q][j] != 0, s.hash_of(s.tbl[q][j]) == c]
+                # "the block in slot j is hashed c", said of each block the slot may hold
+                # (for table entries, which are block ids, the same as hash[tbl[q][j]])
+                body += [s.tbl[q][j] != 0, *[
+                    z3.Implies(s.tbl[q][j] == b, s.hash[b] == c) for b in non_null]]
             chained.append(z3.Implies(s.last[q] == h, z3.And(body)))
     out["cached-prefix-chained"] = z3.And(chained)
     return out
 
 
-def auxiliary_terms(s: SymState) -> dict[str, Expr]:
-    """Candidate strengthening invariants for induction (see docs/prove.md for why each
-    is true). They speak of the encoding's bookkeeping (orders, table shape), so
-    they are not invariants of :mod:`kvspec.spec.invariants`, only of this model."""
+def _auxiliary_terms(s: SymState, blocks: Iterable[int]) -> dict[str, Expr]:
     cfg = s.cfg
+    non_null = list(blocks)
     n, lim, hmax = cfg.num_blocks, cfg.table_len, cfg.num_hashes
     out: dict[str, Expr] = {}
     shape: list[Expr] = []
@@ -753,17 +837,17 @@ def auxiliary_terms(s: SymState) -> dict[str, Expr]:
                   for j in range(lim)]
     out["table-shape"] = z3.And(shape)
     values: list[Expr] = []
-    for b in range(n):
+    for b in [0, *non_null]:
         values += [s.hash[b] >= 0, s.hash[b] <= hmax, s.idx[b] >= 0, s.idx[b] <= hmax]
     for q in range(cfg.num_requests):
         values += [s.last[q] >= 0, s.last[q] <= hmax]
     out["values-in-range"] = z3.And(values)
     out["shared-blocks-hashed"] = z3.And([
-        z3.Implies(s.ref[b] > 1, s.hash[b] != 0) for b in range(1, n)
+        z3.Implies(s.ref[b] > 1, s.hash[b] != 0) for b in non_null
     ])
     out["uncached-suffix-unhashed"] = z3.Implies(s.disc, z3.And([
-        z3.Implies(z3.And(s.nc[q] <= j, j < s.len[q]), s.hash_of(s.tbl[q][j]) == 0)
-        for q in range(cfg.num_requests) for j in range(lim)
+        z3.Implies(z3.And(s.nc[q] <= j, j < s.len[q], s.tbl[q][j] == b), s.hash[b] == 0)
+        for q in range(cfg.num_requests) for j in range(lim) for b in [0, *non_null]
     ]))
     return out
 

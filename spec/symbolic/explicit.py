@@ -436,34 +436,67 @@ def _hash_maps(cfg: ModelConfig) -> list[dict[int, int]]:
     return maps
 
 
+#: Hash bytes -> the model's hash number (``None`` -> 0); the same for every configuration.
+_HASH_NUMBER: dict[bytes | None, int] = {None: 0}
+
+
+def _hash_number(data: bytes | None) -> int:
+    try:
+        return _HASH_NUMBER[data]
+    except KeyError:
+        assert data is not None
+        number = _HASH_NUMBER[data] = int(data.decode().rsplit(".", 1)[-1])
+        return number
+
+
 def canonical_key(cfg: ModelConfig, w: World, hash_maps: list[dict[int, int]] | None = None
                   ) -> tuple:
     """A key equal for two worlds that differ only by a renaming of blocks, requests or
     interchangeable hashes. No operation tells such worlds apart (blocks are handed out by
     queue position, never by id; requests and sibling hashes are offered alike), so the
     breadth-first search may keep one of each class: what one reaches, the others reach
-    renamed, breaking the same invariants at the same depth."""
+    renamed, breaking the same invariants at the same depth.
+
+    The key is the least, over every renaming of requests and of hashes, of the world
+    written with blocks numbered in order of first appearance (tables, then queue, then
+    id). The parts that do not depend on the hash renaming are built once per request
+    order."""
     from itertools import permutations
 
     maps = hash_maps or _hash_maps(cfg)
     p = w.pool
+    block_hash = [_hash_number(h) for h in p.block_hash]
+    index_raw = [(_hash_number(h), bs) for h, bs in p.cached.items()]
+    queue = p.free_queue
+    ref_cnt = p.ref_cnt
     best: tuple | None = None
     for perm in permutations(range(cfg.num_requests)):
         tables = [w.tables[q] for q in perm]
         order: dict[int, int] = {0: 0}
-        for b in [b for t in tables for b in t] + list(p.free_queue) + list(range(cfg.num_blocks)):
-            order.setdefault(b, len(order))
+        for t in tables:
+            for b in t:
+                if b not in order:
+                    order[b] = len(order)
+        for b in queue:
+            if b not in order:
+                order[b] = len(order)
+        for b in range(cfg.num_blocks):
+            if b not in order:
+                order[b] = len(order)
         inverse = sorted(order, key=order.__getitem__)
+        refs = tuple(ref_cnt[b] for b in inverse)
+        queued = tuple(order[b] for b in queue)
+        held = tuple(tuple(order[b] for b in t) for t in tables)
+        ncached = tuple(w.ncached[q] for q in perm)
+        allocated = tuple(sorted((order[b], c) for b, c in w.allocated))
+        index_blocks = [(h, tuple(order[b] for b in bs)) for h, bs in index_raw]
+        raw_hashes = [block_hash[b] for b in inverse]
         for hm in maps:
-            hashes = [hm[cfg.hash_of_bytes(p.block_hash[b])] for b in inverse]
-            index = sorted((hm[cfg.hash_of_bytes(h)], tuple(order[b] for b in bs))
-                           for h, bs in p.cached.items())
             key = (
-                tuple(p.ref_cnt[b] for b in inverse), tuple(hashes),
-                tuple(order[b] for b in p.free_queue), tuple(index),
-                tuple(tuple(order[b] for b in t) for t in tables),
-                tuple(w.ncached[q] for q in perm), tuple(hm[w.rlast[q]] for q in perm),
-                tuple(sorted((order[b], c) for b, c in w.allocated)), w.disciplined,
+                refs, tuple(hm[h] for h in raw_hashes), queued,
+                tuple(sorted((hm[h], bs) for h, bs in index_blocks)),
+                held, ncached, tuple(hm[w.rlast[q]] for q in perm), allocated,
+                w.disciplined,
             )
             if best is None or key < best:
                 best = key

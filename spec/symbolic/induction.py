@@ -27,7 +27,7 @@ from kvspec.spec.symbolic.encoding import (
     invariant_terms,
     raise_if_interrupted,
 )
-from kvspec.spec.symbolic.model import ModelConfig, all_ops
+from kvspec.spec.symbolic.model import ModelConfig, Op, all_ops
 
 
 @dataclass
@@ -53,7 +53,41 @@ DEFAULT_WIDTH = 8
 
 
 def _solver(width: int | None) -> z3.Solver:
-    return z3.SolverFor("QF_LIA" if width is None else "QF_BV")
+    # QF_FD: bit-blasting into z3's incremental SAT solver, which keeps what it has
+    # blasted across push/pop (QF_BV with push/pop falls back to the general SMT core).
+    return z3.SolverFor("QF_LIA" if width is None else "QF_FD")
+
+
+#: The order in which candidates are asked (as in bounded model checking): a candidate
+#: shown to survive the step is asserted of the post-state at once, so a later question
+#: in the same pass may use it (``conservation`` after ``free-iff-unreferenced``).
+def _rank(name: str) -> int:
+    from kvspec.spec.symbolic.bmc import CHECK_ORDER
+
+    for key in (name, f"aux:{name}"):
+        if key in CHECK_ORDER:
+            return CHECK_ORDER.index(key)
+    return len(CHECK_ORDER)
+
+
+def _implied(solver: z3.Solver, fact: z3.ExprRef, deadline: float | None) -> bool:
+    """Whether the facts asserted in ``solver`` (of one unconstrained state) imply
+    ``fact`` of that state; a time-out or an interrupt answers no (the step questions
+    are then asked, and report either)."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        solver.set("timeout", max(1, int(left * 1000)))
+    solver.push()
+    solver.add(z3.Not(fact))
+    verdict = solver.check()
+    solver.pop()
+    return verdict == z3.unsat
+
+
+#: The block the questions of a symmetric candidate set are asked about.
+FOCUS_BLOCK = 1
 
 
 def houdini(
@@ -66,9 +100,33 @@ def houdini(
     """The largest inductive subset of ``candidates`` (all by default).
 
     Returns (survivors, {dropped: reason}, timed_out).
+
+    **Block symmetry.** The relation (of the spec and of every mutant) and every
+    candidate of the encoding are unchanged when blocks 1..N-1 are renamed (the null
+    block stays); ``tests/test_symbolic_induction.py`` checks both with z3. So if one step
+    from a state satisfying the survivors breaks a candidate's "for every block b" part
+    at some block, renaming that block to block 1 gives a step from a state satisfying the
+    survivors that breaks it at block 1. Each question therefore asks only whether the
+    candidate can break at block 1 (:func:`~kvspec.spec.symbolic.encoding.focused_terms`),
+    with the survivors assumed whole of the pre-state. This is used only when every
+    surviving candidate is one the encoding knows to be symmetric; otherwise the full
+    candidate is asked.
     """
     s0, s1 = SymState(cfg, "h0", width), SymState(cfg, "h1", width)
-    pre, post = _candidates(s0, mutant), _candidates(s1, mutant)
+    pre = _candidates(s0, mutant)
+    # The implication questions are asked of the pre-state's variables in a solver of
+    # their own, where nothing constrains them: a free state.
+    free_state = pre
+    post_terms: dict[str, z3.ExprRef] = {}
+
+    def post(name: str) -> z3.ExprRef:
+        """The full candidate of the post-state (built only when a pass needs it)."""
+        if not post_terms:
+            post_terms.update(_candidates(s1, mutant))
+        return post_terms[name]
+
+    focused = encoding.focused_terms(s1, mutant, FOCUS_BLOCK)
+    symmetric = encoding.symmetric_names(cfg)
     alive = [n for n in (candidates or list(pre))]
     dropped: dict[str, str] = {}
 
@@ -88,44 +146,106 @@ def houdini(
     # (table-references at N=6: 5 s over eight kinds, 39 s at once).
     ops = all_ops(cfg)
     kinds = sorted({o.kind for o in ops}, key=[o.kind for o in ops].index)
-    steps = [encoding.transition(s0, s1, s0.op_var("op@h"), mutant,
-                                 only=[i for i, o in enumerate(ops) if o.kind == k])
-             for k in kinds]
+    # The post-state's facts are asked with every variable the kind leaves alone
+    # replaced by the pre-state's (encoding.frame_split): their unchanged parts are
+    # then the pre-state's own terms, which z3 sees at once are assumed.
+    op_var = s0.op_var("op@h")
+    steps: list[tuple[list[z3.ExprRef], list[tuple[z3.ExprRef, z3.ExprRef]]]] = []
+    # Under the focus, stray_free(b) for a block b other than 0 and the focus block is
+    # stray_free(FOCUS_BLOCK + 1) renamed by swapping b and FOCUS_BLOCK + 1, which leaves
+    # the focus block alone: one of those instances stands for all of them.
+    focus_throughout = set(alive) <= symmetric
+
+    def needed(o: Op) -> bool:
+        return not (focus_throughout and o.kind == "stray_free" and o.arg > FOCUS_BLOCK + 1)
+
+    for k in kinds:
+        enabled, values = encoding.step_values(
+            s0, op_var, mutant,
+            only=[i for i, o in enumerate(ops) if o.kind == k and needed(o)])
+        pairs, definitions = encoding.frame_split(s0, s1, values)
+        steps.append(([enabled, *definitions], pairs))
     # Each pass asserts the survivors as plain facts (faster than assumption literals)
     # and asks, candidate by candidate, whether one step can break it; every candidate
-    # that can is dropped, and the pass repeats until none drops.
+    # that can is dropped, and the pass repeats until none drops. A candidate no step
+    # breaks is asserted of the post-state for the rest of the pass: every model of the
+    # pass's solvers satisfies it already, so no answer changes, and later questions
+    # are easier.
     while alive:
+        goal = focused if set(alive) <= symmetric else {n: post(n) for n in alive}
+        order = sorted(alive, key=_rank)
         solvers = []
-        for step in steps:
+        for relation, _pairs in steps:
             solver = _solver(width)
-            solver.add(*step)
+            solver.add(*relation)
             solver.add(*[pre[n] for n in alive])
             solvers.append(solver)
+        # First, one question per kind: can the step break any candidate that the ones
+        # before it do not imply? (A candidate the others imply of any state, such as
+        # conservation from free-iff-unreferenced, ref-nonnegative and null-block, is
+        # kept when they are.) Every answer "no" means nothing drops: the pass is over.
+        asked: list[str] = []
+        implied = _solver(width)
+        for name in order:
+            if _implied(implied, free_state[name], deadline):
+                continue
+            asked.append(name)
+            implied.add(free_state[name])
+        joint = z3.Not(z3.And([goal[n] for n in asked]))
+        verdicts = [_check(solver, [z3.substitute(joint, *pairs)], deadline)
+                    for solver, (_relation, pairs) in zip(solvers, steps, strict=True)]
+        if z3.unknown in verdicts:
+            return alive, dropped, True
+        if z3.sat not in verdicts:
+            break
+        # Something breaks: ask candidate by candidate which. A candidate no step
+        # breaks is asserted of the post-state for the rest of the pass (every model of
+        # the pass's solvers satisfies it already, so no answer changes, and later
+        # questions are easier), and of a free state, to find the candidates it implies.
         failed: list[str] = []
-        for name in alive:
-            for solver in solvers:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+        implied = _solver(width)
+        for name in order:
+            if _implied(implied, free_state[name], deadline):
+                kept = True
+            else:
+                kept = True
+                for solver, (_relation, pairs) in zip(solvers, steps, strict=True):
+                    verdict = _check(solver, [z3.Not(z3.substitute(goal[name], *pairs))],
+                                     deadline)
+                    if verdict == z3.unknown:
                         return alive, dropped, True
-                    solver.set("timeout", max(1, int(left * 1000)))
-                solver.push()
-                solver.add(z3.Not(post[name]))
-                verdict = solver.check()
-                solver.pop()
-                if verdict == z3.unknown:
-                    if deadline is None or time.monotonic() < deadline:
-                        raise_if_interrupted(solver)
-                    return alive, dropped, True
-                if verdict == z3.sat:
-                    failed.append(name)
-                    break
+                    if verdict == z3.sat:
+                        failed.append(name)
+                        kept = False
+                        break
+            if kept:
+                for solver, (_relation, pairs) in zip(solvers, steps, strict=True):
+                    solver.add(z3.substitute(post(name), *pairs))
+                implied.add(free_state[name])
         if not failed:
             break
         for name in failed:
             dropped[name] = "one step can break it from a state satisfying the survivors"
             alive.remove(name)
     return alive, dropped, False
+
+
+def _check(solver: z3.Solver, query: list[z3.ExprRef], deadline: float | None
+           ) -> z3.CheckSatResult:
+    """``query`` with what ``solver`` holds, within ``deadline`` (``unknown``: time out;
+    an interrupt is raised)."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return z3.unknown
+        solver.set("timeout", max(1, int(left * 1000)))
+    solver.push()
+    solver.add(*query)
+    verdict = solver.check()
+    solver.pop()
+    if verdict == z3.unknown and (deadline is None or time.monotonic() < deadline):
+        raise_if_interrupted(solver)
+    return verdict
 
 
 def k_induction(
