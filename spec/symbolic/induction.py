@@ -72,18 +72,9 @@ def _rank(name: str) -> int:
 
 def _implied(solver: z3.Solver, fact: z3.ExprRef, deadline: float | None) -> bool:
     """Whether the facts asserted in ``solver`` (of one unconstrained state) imply
-    ``fact`` of that state; a time-out or an interrupt answers no (the step questions
-    are then asked, and report either)."""
-    if deadline is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        solver.set("timeout", max(1, int(left * 1000)))
-    solver.push()
-    solver.add(z3.Not(fact))
-    verdict = solver.check()
-    solver.pop()
-    return verdict == z3.unsat
+    ``fact`` of that state; a time-out answers no (the step questions are then asked,
+    and report it), an interrupt is raised."""
+    return _check(solver, [z3.Not(fact)], deadline) == z3.unsat
 
 
 #: The block the questions of a symmetric candidate set are asked about.
@@ -205,10 +196,8 @@ def houdini(
         failed: list[str] = []
         implied = _solver(width)
         for name in order:
-            if _implied(implied, free_state[name], deadline):
-                kept = True
-            else:
-                kept = True
+            kept = True
+            if not _implied(implied, free_state[name], deadline):
                 for solver, (_relation, pairs) in zip(solvers, steps, strict=True):
                     verdict = _check(solver, [z3.Not(z3.substitute(goal[name], *pairs))],
                                      deadline)
