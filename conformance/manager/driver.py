@@ -455,13 +455,12 @@ class ManagerDriver:
         if step.op == "get_computed_blocks":
             req = self.requests[step.args["request_id"]]
             ids, num = _pair(target_result)
-            # Both views carry the same true content: computed once for the two.
-            content = mi.request_content(req)
+            target_view = mi.hit_view(req, ids, num)
             spec_ids, spec_num = effect.result
-            facts.target_hits = (mi.HitView(req.request_id, req.num_tokens, tuple(ids), num,
-                                            content),)
-            facts.spec_hits = (mi.HitView(req.request_id, req.num_tokens, tuple(spec_ids),
-                                          spec_num, content),)
+            # Both views carry the same true content: computed once for the two.
+            facts.target_hits = (target_view,)
+            facts.spec_hits = (dataclasses.replace(target_view, block_ids=tuple(spec_ids),
+                                                   num_hit_tokens=spec_num),)
         elif step.op == "allocate_slots":
             self._commit_allocation(step, effect, target_result, before)
             if target_result is not None and before is not None:
