@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
+import traceback
+from types import TracebackType
 from typing import Any
 
 
@@ -16,7 +19,8 @@ class CtrlC:
     as "ignored" and the run goes on (z3's objects free themselves in ``__del__``: the same).
     Inside this context the handler also remembers the press, :meth:`check` (called at every
     step of an engine, around every z3 query) raises it again, and the "ignored" report of
-    that exception is dropped. Installed only over Python's default handler,
+    that exception (or of a finalizer failing on an object the press left half-built) is
+    dropped. Installed only over Python's default handler,
     in the main thread."""
 
     def __init__(self) -> None:
@@ -41,7 +45,10 @@ class CtrlC:
         # ``__del__``) as an ArgumentError naming the KeyboardInterrupt.
         is_press = (unraisable.exc_type is KeyboardInterrupt
                     or "KeyboardInterrupt" in str(unraisable.exc_value))
-        if not (self.pressed and is_press):
+        # A press can also cut a constructor short; the half-built object's finalizer then
+        # fails on the attributes it never got (z3's ``AstRef.__del__``: no ``ctx``).
+        cut_short = getattr(unraisable.object, "__name__", None) == "__del__"
+        if not (self.pressed and (is_press or cut_short)):
             self.hook(unraisable)
 
     def check(self) -> None:
@@ -50,7 +57,12 @@ class CtrlC:
             raise KeyboardInterrupt
 
     def __exit__(self, exc_type: type[BaseException] | None = None, exc: object = None,
-                 _tb: object = None) -> None:
+                 tb: TracebackType | None = None) -> None:
+        if self.pressed and tb is not None:
+            # Objects the press left half-built are held by the finished frames of the
+            # traceback: free them now, while their failing finalizers are still dropped.
+            traceback.clear_frames(tb)
+            gc.collect()
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             sys.unraisablehook = self.hook
